@@ -1,0 +1,35 @@
+// Every mixkernels op's schema. Kernels register under the CPU and CUDA
+// dispatch keys in csrc/cpu and csrc/cuda; fake (meta) implementations and
+// autograd formulas are registered from Python (mixkernels/ops/).
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(mixkernels, m) {
+  // Per-row mixup cross-entropy and the row log-sum-exp saved for backward.
+  // y_a, y_b: int64 (B,); lam: fp32 (B,); loss and lse: fp32 (B,).
+  m.def("mixup_cross_entropy(Tensor logits, Tensor y_a, Tensor y_b, Tensor lam, "
+        "float label_smoothing) -> (Tensor, Tensor)");
+  // grad_loss: fp32 (B,), the incoming gradient of each row's loss.
+  m.def("mixup_cross_entropy_backward(Tensor grad_loss, Tensor logits, Tensor y_a, Tensor y_b, "
+        "Tensor lam, Tensor lse, float label_smoothing) -> Tensor");
+  // Per-row soft-target cross-entropy: (loss, lse, target_sum), all fp32 (B,).
+  m.def("soft_target_cross_entropy(Tensor logits, Tensor target) -> (Tensor, Tensor, Tensor)");
+  // (grad_logits, grad_target); grad_target has shape (0,) unless asked for.
+  m.def("soft_target_cross_entropy_backward(Tensor grad_loss, Tensor logits, Tensor target, "
+        "Tensor lse, Tensor target_sum, bool needs_target_grad) -> (Tensor, Tensor)");
+  // Whether this build compiled the CUDA kernels (for mixkernels.backends()).
+  m.def("built_with_cuda() -> bool", []() -> bool {
+#ifdef MIXKERNELS_WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+  });
+}
+
+// The ops register through TORCH_LIBRARY when the library is loaded; this
+// empty module only lets `import mixkernels._C` load it.
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}

@@ -1,0 +1,25 @@
+"""mixkernels: fused kernels for mixup-style training.
+
+Public API (see README.md and design.md): the loss functions in
+:mod:`mixkernels.functional`, the modules in :mod:`mixkernels.nn`, the
+plain-PyTorch specification in :mod:`mixkernels.reference`, and
+:func:`backends` to see what is built and usable here.
+"""
+
+from mixkernels._backend import BackendStatus, backends
+from mixkernels.functional import MixedTargets, mixup_cross_entropy, soft_target_cross_entropy
+from mixkernels.nn import MixupCrossEntropyLoss, SoftTargetCrossEntropy
+from mixkernels import reference
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendStatus",
+    "MixedTargets",
+    "MixupCrossEntropyLoss",
+    "SoftTargetCrossEntropy",
+    "backends",
+    "mixup_cross_entropy",
+    "reference",
+    "soft_target_cross_entropy",
+]

@@ -1,0 +1,109 @@
+"""Input checks shared by every public function.
+
+Each check raises a ``TypeError``/``ValueError``/``IndexError`` naming the
+argument before any kernel runs. Checks on tensor *values* (label ranges, lam
+in [0, 1]) run eagerly on CPU tensors; on CUDA tensors they are queued with
+``torch._assert_async`` so that no host synchronisation happens (the error
+then surfaces at the next synchronising call), and under ``torch.compile``
+tracing they are skipped (values are not known while tracing).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def _tracing() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def check_reduction(reduction) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def check_logits(logits, name: str = "logits") -> None:
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(logits).__name__}")
+    if logits.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (batch, num_classes), got shape {tuple(logits.shape)}")
+    if logits.dtype not in FLOAT_DTYPES and logits.dtype != torch.float64:
+        raise TypeError(f"{name} must be float32, bfloat16 or float16 (float64 on backend='torch'), "
+                        f"got {logits.dtype}")
+    if logits.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(logits.shape)})")
+    if logits.shape[1] == 0:
+        raise ValueError(f"{name} has no classes (shape {tuple(logits.shape)})")
+
+
+def check_labels(y, name: str, batch: int, num_classes: int, device: torch.device) -> None:
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(y).__name__}")
+    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError(f"{name} must hold integer class indices, got {y.dtype}")
+    if y.shape != (batch,):
+        raise ValueError(f"{name} must have shape ({batch},) to match logits, got {tuple(y.shape)}")
+    if y.device != device:
+        raise ValueError(f"{name} is on {y.device} but logits are on {device}")
+    if _tracing():
+        return
+    in_range = (y >= 0) & (y < num_classes)
+    if y.device.type == "cpu":
+        if not bool(in_range.all()):
+            bad = int((~in_range).nonzero()[0, 0])
+            raise IndexError(f"{name}[{bad}] = {int(y[bad])} is outside [0, {num_classes})")
+    else:
+        torch._assert_async(in_range.all(), f"mixkernels: {name} has labels outside [0, {num_classes})")
+
+
+def check_lam(lam, name: str, batch: int, device: torch.device) -> None:
+    """``lam`` is a float, a 0-d tensor or a (batch,) tensor with values in [0, 1]."""
+    if isinstance(lam, bool) or not isinstance(lam, (numbers.Real, torch.Tensor)):
+        raise TypeError(f"{name} must be a float, a 0-d tensor or a ({batch},) tensor, got {type(lam).__name__}")
+    if isinstance(lam, numbers.Real):
+        if not 0.0 <= float(lam) <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {lam}")
+        return
+    if not lam.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {lam.dtype}")
+    if lam.dim() != 0 and lam.shape != (batch,):
+        raise ValueError(f"{name} must be 0-d or have shape ({batch},), got {tuple(lam.shape)}")
+    if lam.device != device:
+        raise ValueError(f"{name} is on {lam.device} but logits are on {device}")
+    if _tracing():
+        return
+    in_range = (lam >= 0) & (lam <= 1)  # NaN fails both
+    if lam.device.type == "cpu":
+        if not bool(in_range.all()):
+            raise ValueError(f"{name} must be in [0, 1], got values from {float(lam.min())} to {float(lam.max())}"
+                             if not torch.isnan(lam).any() else f"{name} contains NaN")
+    else:
+        torch._assert_async(in_range.all(), f"mixkernels: {name} has values outside [0, 1]")
+
+
+def check_smoothing(label_smoothing) -> None:
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
+        raise TypeError(f"label_smoothing must be a float, got {type(label_smoothing).__name__}")
+    if not 0.0 <= float(label_smoothing) <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+
+
+def lam_per_row(lam, batch: int, device: torch.device) -> torch.Tensor:
+    """``lam`` as a contiguous fp32 (batch,) tensor; differentiable when lam requires grad."""
+    if isinstance(lam, torch.Tensor):
+        return lam.to(torch.float32).expand(batch).contiguous()
+    return torch.full((batch,), float(lam), dtype=torch.float32, device=device)
+
+
+def labels_int64(y: torch.Tensor) -> torch.Tensor:
+    return y.to(torch.int64).contiguous()
+
+
+def unit_class_stride(t: torch.Tensor) -> torch.Tensor:
+    """Kernels accept any row stride but need unit stride along classes."""
+    return t if t.stride(1) == 1 else t.contiguous()

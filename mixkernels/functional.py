@@ -1,0 +1,118 @@
+"""The public functions: input checks, backend choice, reduction.
+
+Every function takes tensors first and options keyword-only, checks its
+inputs (errors name the argument) before any kernel runs, resolves
+``backend`` (see :mod:`mixkernels._backend`) and returns the loss in the
+logits' dtype, reduced in fp32.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+
+from mixkernels import _backend, _validation, reference
+from mixkernels.ops.mixup_cross_entropy import mixup_cross_entropy_rows
+from mixkernels.ops.soft_target_cross_entropy import soft_target_cross_entropy_rows
+
+__all__ = ["MixedTargets", "mixup_cross_entropy", "soft_target_cross_entropy"]
+
+
+class MixedTargets(NamedTuple):
+    """Sparse mixup targets: the sample's label ``y_a``, its partner's ``y_b``
+    and ``lam``, the weight of ``y_a`` (float, 0-d or (B,) tensor)."""
+
+    y_a: torch.Tensor
+    y_b: torch.Tensor
+    lam: object
+
+    def dense(self, num_classes: int, smoothing: float = 0.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The dense (B, C) target timm's ``Mixup`` would return."""
+        return reference.mixup_target(self.y_a, self.y_b, self.lam, num_classes, smoothing, dtype)
+
+
+def _unpack_targets(y_a, y_b, lam):
+    if isinstance(y_a, MixedTargets):
+        if y_b is not None or lam is not None:
+            raise TypeError("pass either MixedTargets or y_a, y_b, lam, not both")
+        return y_a
+    if y_b is None or lam is None:
+        raise TypeError("mixup_cross_entropy needs y_a, y_b and lam (or one MixedTargets)")
+    return MixedTargets(y_a, y_b, lam)
+
+
+def _reduce(loss_rows: torch.Tensor, reduction: str, dtype: torch.dtype) -> torch.Tensor:
+    return reference.reduce_loss(loss_rows, reduction).to(dtype)
+
+
+def mixup_cross_entropy(logits: torch.Tensor, y_a, y_b: Optional[torch.Tensor] = None, lam=None, *,
+                        label_smoothing: float = 0.0, reduction: str = "mean",
+                        backend: str = "auto") -> torch.Tensor:
+    """``lam * CE(logits, y_a) + (1 - lam) * CE(logits, y_b)`` with timm's label smoothing.
+
+    Equal to the cross-entropy against timm's dense ``mixup_target`` but
+    computed as log-sum-exp minus a two-index dot: no (B, C) target is built.
+
+    Args:
+        logits: (B, C) fp32, bf16 or fp16 (any strides).
+        y_a, y_b: (B,) integer class indices of each sample and of its partner
+            (or pass one :class:`MixedTargets` as ``y_a``).
+        lam: weight of ``y_a``: a float, a 0-d tensor or a (B,) tensor in [0, 1].
+            Receives a gradient when it is a tensor that requires grad.
+        label_smoothing: ``s`` in ``(1 - s) * one_hot + s / C``, applied before mixing.
+        reduction: ``"mean"`` (over the batch), ``"sum"`` or ``"none"``.
+        backend: ``"auto"``, ``"torch"``, ``"cpu"``, ``"triton"`` or ``"cuda"``.
+    """
+    y_a, y_b, lam = _unpack_targets(y_a, y_b, lam)
+    _validation.check_logits(logits)
+    batch, num_classes = logits.shape
+    device = logits.device
+    _validation.check_labels(y_a, "y_a", batch, num_classes, device)
+    _validation.check_labels(y_b, "y_b", batch, num_classes, device)
+    _validation.check_lam(lam, "lam", batch, device)
+    _validation.check_smoothing(label_smoothing)
+    _validation.check_reduction(reduction)
+    backend = _backend.resolve_backend(backend, device)
+    if backend == "torch":
+        return reference.mixup_cross_entropy(logits, y_a, y_b, lam, label_smoothing=float(label_smoothing),
+                                             reduction=reduction)
+    if logits.dtype == torch.float64:
+        raise TypeError(f"logits must be float32, bfloat16 or float16 for backend {backend!r}, got float64")
+    loss_rows = mixup_cross_entropy_rows(
+        _validation.unit_class_stride(logits), _validation.labels_int64(y_a), _validation.labels_int64(y_b),
+        _validation.lam_per_row(lam, batch, device), float(label_smoothing), backend)
+    return _reduce(loss_rows, reduction, logits.dtype)
+
+
+def soft_target_cross_entropy(logits: torch.Tensor, target, *, reduction: str = "mean",
+                              backend: str = "auto") -> torch.Tensor:
+    """``sum_c -target_c * log_softmax(logits)_c`` per row: timm's ``SoftTargetCrossEntropy``.
+
+    ``target`` is a dense (B, C) tensor (fp32 or the logits' dtype; it receives
+    a gradient when it requires grad). A :class:`MixedTargets` is also accepted
+    and computed by :func:`mixup_cross_entropy` without building the dense target.
+    """
+    if isinstance(target, MixedTargets):
+        return mixup_cross_entropy(logits, target, reduction=reduction, backend=backend)
+    _validation.check_logits(logits)
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor or MixedTargets, got {type(target).__name__}")
+    if target.shape != logits.shape:
+        raise ValueError(f"target must have the shape of logits {tuple(logits.shape)}, got {tuple(target.shape)}")
+    if target.device != logits.device:
+        raise ValueError(f"target is on {target.device} but logits are on {logits.device}")
+    if not target.is_floating_point():
+        raise TypeError(f"target must be a floating-point tensor, got {target.dtype}")
+    _validation.check_reduction(reduction)
+    backend = _backend.resolve_backend(backend, logits.device)
+    if backend == "torch":
+        return reference.soft_target_cross_entropy(logits, target, reduction=reduction)
+    if logits.dtype == torch.float64:
+        raise TypeError(f"logits must be float32, bfloat16 or float16 for backend {backend!r}, got float64")
+    if target.dtype not in (torch.float32, logits.dtype):
+        raise TypeError(f"target must be float32 or the logits' dtype {logits.dtype} for backend {backend!r}, "
+                        f"got {target.dtype}")
+    loss_rows = soft_target_cross_entropy_rows(
+        _validation.unit_class_stride(logits), _validation.unit_class_stride(target), backend)
+    return _reduce(loss_rows, reduction, logits.dtype)

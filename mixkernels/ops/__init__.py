@@ -1,0 +1,1 @@
+"""One module per op: torch.library registration, fake impl, autograd, dispatch."""

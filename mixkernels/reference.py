@@ -1,0 +1,87 @@
+"""The specification: every mixkernels op in plain, differentiable PyTorch.
+
+Each function here is the meaning of the op of the same name. The compiled
+backends are tested against these functions, and these functions are checked
+with ``torch.autograd.gradcheck`` in fp64 (``tests/test_reference.py``).
+They are written for clarity, not speed: dense targets are allowed here.
+
+Conventions shared with :mod:`mixkernels.functional`:
+
+* ``lam`` is the weight of the sample's own label ``y_a``; the partner label
+  ``y_b`` gets ``1 - lam``. It is a float, a 0-d tensor or a ``(B,)`` tensor.
+* Label smoothing follows timm's ``mixup_target``: each one-hot vector becomes
+  ``(1 - s) * e_y + s / C`` before mixing, so the mixed target is
+  ``(1 - s) * (lam * e_a + (1 - lam) * e_b) + s / C``.
+* Losses are computed in fp32 (or fp64 for fp64 inputs) and returned in the
+  logits' dtype, reduced over the batch as ``reduction`` says.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "mixup_cross_entropy",
+    "soft_target_cross_entropy",
+    "mixup_target",
+    "reduce_loss",
+]
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def reduce_loss(loss: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Reduce a per-sample loss ``(B,)`` as ``reduction`` says."""
+    if reduction == "none":
+        return loss
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+
+
+def mixup_target(y_a, y_b, lam, num_classes: int, label_smoothing: float = 0.0,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The dense ``(B, C)`` mixed and smoothed target (timm's ``mixup_target``)."""
+    lam = torch.as_tensor(lam, dtype=dtype, device=y_a.device)
+    lam = lam.reshape(-1, 1) if lam.dim() else lam
+    off = label_smoothing / num_classes
+    on = 1.0 - label_smoothing + off
+    e_a = torch.full((y_a.shape[0], num_classes), off, dtype=dtype, device=y_a.device)
+    e_a = e_a.scatter(1, y_a.long().view(-1, 1), on)
+    e_b = torch.full((y_b.shape[0], num_classes), off, dtype=dtype, device=y_b.device)
+    e_b = e_b.scatter(1, y_b.long().view(-1, 1), on)
+    return lam * e_a + (1.0 - lam) * e_b
+
+
+def mixup_cross_entropy(logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, lam,
+                        *, label_smoothing: float = 0.0, reduction: str = "mean") -> torch.Tensor:
+    """``lam * CE(z, y_a) + (1 - lam) * CE(z, y_b)`` with timm's smoothing.
+
+    Written as the cross-entropy of ``logits`` against the dense mixed target,
+    which is the definition; the kernels use the equivalent
+    ``lse(z) - (1-s) * (lam * z[y_a] + (1-lam) * z[y_b]) - s/C * sum(z)``.
+    """
+    dtype = _compute_dtype(logits.dtype)
+    z = logits.to(dtype)
+    lam_t = lam.to(dtype) if isinstance(lam, torch.Tensor) else lam
+    target = mixup_target(y_a, y_b, lam_t if isinstance(lam_t, torch.Tensor) else float(lam_t),
+                          logits.shape[1], label_smoothing, dtype)
+    loss = -(target * torch.log_softmax(z, dim=1)).sum(dim=1)
+    return reduce_loss(loss, reduction).to(logits.dtype)
+
+
+def soft_target_cross_entropy(logits: torch.Tensor, target: torch.Tensor, *,
+                              reduction: str = "mean") -> torch.Tensor:
+    """``sum_c -target_c * log_softmax(z)_c`` per row (timm's ``SoftTargetCrossEntropy``).
+
+    The target need not sum to one; gradients flow to ``logits`` and, when it
+    requires grad, to ``target``.
+    """
+    dtype = _compute_dtype(logits.dtype)
+    loss = -(target.to(dtype) * torch.log_softmax(logits.to(dtype), dim=1)).sum(dim=1)
+    return reduce_loss(loss, reduction).to(logits.dtype)
