@@ -71,8 +71,16 @@ def mixup_cross_entropy(logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tens
     lam_t = lam.to(dtype) if isinstance(lam, torch.Tensor) else lam
     target = mixup_target(y_a, y_b, lam_t if isinstance(lam_t, torch.Tensor) else float(lam_t),
                           logits.shape[1], label_smoothing, dtype)
-    loss = -(target * torch.log_softmax(z, dim=1)).sum(dim=1)
+    loss = -(target * _log_softmax_where_weighted(z, target)).sum(dim=1)
     return reduce_loss(loss, reduction).to(logits.dtype)
+
+
+def _log_softmax_where_weighted(z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """log_softmax(z), with 0 where the target weight is 0: a class that gets no
+    weight contributes nothing, even when its logit is -inf (masked classes),
+    as in ``F.cross_entropy`` with class indices, rather than ``0 * -inf = nan``."""
+    log_p = torch.log_softmax(z, dim=1)
+    return torch.where((target == 0) & torch.isneginf(log_p), 0.0, log_p)
 
 
 def soft_target_cross_entropy(logits: torch.Tensor, target: torch.Tensor, *,
@@ -83,5 +91,6 @@ def soft_target_cross_entropy(logits: torch.Tensor, target: torch.Tensor, *,
     requires grad, to ``target``.
     """
     dtype = _compute_dtype(logits.dtype)
-    loss = -(target.to(dtype) * torch.log_softmax(logits.to(dtype), dim=1)).sum(dim=1)
+    target = target.to(dtype)
+    loss = -(target * _log_softmax_where_weighted(logits.to(dtype), target)).sum(dim=1)
     return reduce_loss(loss, reduction).to(logits.dtype)
