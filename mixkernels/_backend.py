@@ -22,8 +22,14 @@ try:  # the compiled extension registers the C++/CUDA ops with torch.library
     from mixkernels import _C  # noqa: F401
 
     _EXTENSION_ERROR = None
+    # Fixed for the life of the process; read once so that backend choice
+    # under torch.compile involves no op calls.
+    _CPU_CAPABILITY = torch.ops.mixkernels.cpu_kernel_capability()
+    _BUILT_WITH_CUDA = torch.ops.mixkernels.built_with_cuda()
 except ImportError as exc:  # the package still works through "torch" (and "triton")
     _EXTENSION_ERROR = f"{type(exc).__name__}: {exc}"
+    _CPU_CAPABILITY = None
+    _BUILT_WITH_CUDA = False
 
 
 class BackendStatus(NamedTuple):
@@ -45,12 +51,11 @@ def _status(name: str) -> BackendStatus:
     if name == "cpu":
         if not extension_loaded():
             return BackendStatus(False, f"cpu: the compiled extension did not load ({_EXTENSION_ERROR})")
-        capability = torch.ops.mixkernels.cpu_kernel_capability()
-        return BackendStatus(True, f"C++ kernels, {capability} build")
+        return BackendStatus(True, f"C++ kernels, {_CPU_CAPABILITY} build")
     if name == "cuda":
         if not extension_loaded():
             return BackendStatus(False, f"cuda: the compiled extension did not load ({_EXTENSION_ERROR})")
-        if not torch.ops.mixkernels.built_with_cuda():
+        if not _BUILT_WITH_CUDA:
             return BackendStatus(False, "cuda: extension built without CUDA")
         if not torch.cuda.is_available():
             return BackendStatus(False, "cuda: no CUDA device is available")
