@@ -13,7 +13,7 @@ from mixkernels import _backend
 from mixkernels.ops.mixup_cross_entropy import mixup_cross_entropy_triton, mixup_cross_entropy_triton_backward
 from mixkernels.ops.soft_target_cross_entropy import (soft_target_cross_entropy_triton,
                                                       soft_target_cross_entropy_triton_backward)
-from tests.conftest import compiled_backends_for_tests
+from tests.backend_cases import compiled_backends_for_tests
 
 BACKENDS = compiled_backends_for_tests()
 CPU_CAPABILITIES = ["default", "avx2", "avx512"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import mixkernels
-from tests.conftest import compiled_backends_for_tests
+from tests.backend_cases import compiled_backends_for_tests
 from tests.numerics import assert_matches_ground_truth
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
