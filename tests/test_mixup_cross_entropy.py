@@ -9,6 +9,8 @@ import itertools
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mixkernels
 from mixkernels import reference
@@ -195,3 +197,13 @@ def test_full_product_on_cpu_kernel_small():
     for dtype, lam_kind, smoothing, reduction in itertools.product(
             DTYPES, LAM_KINDS, (0.0, 0.25), ("none", "mean", "sum")):
         run_and_compare("cpu", "cpu", 5, 33, dtype, lam_kind, smoothing, reduction, lam_grad=True)
+
+
+@settings(max_examples=40, deadline=None)
+@given(batch=st.integers(1, 40), num_classes=st.integers(1, 300), smoothing=st.floats(0.0, 1.0),
+       dtype=st.sampled_from(DTYPES), lam_kind=st.sampled_from(LAM_KINDS),
+       reduction=st.sampled_from(["none", "mean", "sum"]))
+def test_cpu_kernel_random_shapes(batch, num_classes, smoothing, dtype, lam_kind, reduction):
+    """Random shapes cover every split of a row into vector chunks and tail."""
+    run_and_compare("cpu", "cpu", batch, num_classes, dtype, lam_kind, smoothing, reduction,
+                    lam_grad=lam_kind != "float")
