@@ -1,0 +1,112 @@
+"""Every shipped Triton launch configuration compiles for sm_80 and sm_90 without spilling.
+
+No GPU is needed: ``triton.compile`` with a ``GPUTarget`` lowers each kernel
+to a cubin, and the triton wheel's ``cuobjdump -res-usage`` reads its
+registers, stack, shared and local memory (``mixkernels/triton/_aot.py``).
+This catches what the interpreter forgives (block shapes, dtype rules,
+unsupported ops) and spills that would make a kernel slow on the GPU.
+
+The kernels are compiled for every entry of each module's ``SHIPPED_CONFIGS``,
+every logits dtype (fp32, bf16, fp16) and every specialisation that
+``aot_cases`` lists (alignment of strides and C, C == 1, target dtype), all at
+once by a module fixture that spreads the compiles over the cores. Triton's
+on-disk cache makes later runs fast.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+triton = pytest.importorskip(
+    "triton", reason="triton is not importable: there are no Triton kernels to compile")
+torch = pytest.importorskip("torch")
+
+from mixkernels.triton import _aot  # noqa: E402
+from mixkernels.triton import mixup_cross_entropy, soft_target_cross_entropy  # noqa: E402
+
+MODULES = {
+    "mixup_cross_entropy": mixup_cross_entropy,
+    "soft_target_cross_entropy": soft_target_cross_entropy,
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ARCHS = (80, 90)
+MAX_REGISTERS = 255
+
+
+def _config_id(kernel_name, constexprs, num_warps):
+    flags = "-".join(f"{k}_{int(v) if isinstance(v, bool) else v}" for k, v in constexprs.items())
+    return f"{kernel_name}-{flags}-w{num_warps}"
+
+
+PARAMS = [
+    pytest.param(module_name, kernel_name, constexprs, num_warps, dtype_name, arch,
+                 id=f"{module_name}-{_config_id(kernel_name, constexprs, num_warps)}-"
+                    f"{dtype_name}-sm{arch}")
+    for module_name, module in MODULES.items()
+    for kernel_name, constexprs, num_warps in module.SHIPPED_CONFIGS
+    for dtype_name in DTYPES
+    for arch in ARCHS
+]
+
+
+def _key(module_name, kernel_name, constexprs, num_warps, dtype_name, arch):
+    return (module_name, kernel_name, tuple(sorted(constexprs.items())), num_warps, dtype_name,
+            arch)
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    """Every case of every parameter, compiled once, on all cores, in child processes.
+
+    Batched because compiling is the slow part (a second or so each, a few
+    hundred of them) and child processes are needed anyway when the suite
+    runs under TRITON_INTERPRET (see mixkernels/triton/_aot.py).
+    """
+    keys, labels, jobs = [], [], []
+    for p in PARAMS:
+        module_name, kernel_name, constexprs, num_warps, dtype_name, arch = p.values
+        module = MODULES[module_name]
+        for case in module.aot_cases(kernel_name, constexprs, DTYPES[dtype_name]):
+            keys.append(_key(*p.values))
+            labels.append(case["label"])
+            jobs.append(_aot.job(module.KERNELS[kernel_name], case["signature"],
+                                 case["constexprs"], num_warps, arch, attrs=case["attrs"]))
+    results = {}
+    for key, label, result in zip(keys, labels, _aot.compile_many(jobs)):
+        results.setdefault(key, []).append((label, result))
+    return results
+
+
+@pytest.mark.parametrize(
+    "module_name, kernel_name, constexprs, num_warps, dtype_name, arch", PARAMS)
+def test_shipped_config_compiles_without_spills(compiled, module_name, kernel_name, constexprs,
+                                                num_warps, dtype_name, arch):
+    cases = compiled[_key(module_name, kernel_name, constexprs, num_warps, dtype_name, arch)]
+    assert cases
+    shared_limit = _aot.MAX_SHARED_BYTES_PER_BLOCK[arch]
+    for label, usage in cases:
+        where = (f"{module_name}.{kernel_name} {constexprs} num_warps={num_warps} "
+                 f"{dtype_name} sm_{arch} [{label}]: {usage}")
+        assert "error" not in usage, f"compile failed: {where}"
+        assert usage["LOCAL"] == 0, f"local memory (register spills) in {where}"
+        assert usage["STACK"] == 0, f"stack frame (spills) in {where}"
+        assert usage["REG"] <= MAX_REGISTERS, f"too many registers in {where}"
+        assert usage["SHARED"] + usage["DYNAMIC_SHARED"] <= shared_limit, \
+            f"shared memory over the sm_{arch} limit of {shared_limit} bytes in {where}"
+
+
+@pytest.mark.parametrize("module_name", list(MODULES))
+def test_launch_config_only_picks_shipped_configs(module_name):
+    """The launchers never use a configuration the AOT test above did not compile."""
+    module = MODULES[module_name]
+    shipped = {(kernel_name, constexprs["BLOCK_C"], num_warps)
+               for kernel_name, constexprs, num_warps in module.SHIPPED_CONFIGS}
+    for kernel_name in module.KERNELS:
+        for num_classes in (1, 2, 7, 10, 100, 127, 128, 129, 1000, 1024, 1025, 4096, 21843,
+                            32000, 131072, 2**20):
+            for dtype in DTYPES.values():
+                cfg = module.launch_config(kernel_name, num_classes, dtype)
+                assert (kernel_name, cfg["BLOCK_C"], cfg["num_warps"]) in shipped, \
+                    (module_name, kernel_name, num_classes, dtype, cfg)
+    with pytest.raises(ValueError, match="unknown kernel"):
+        module.launch_config("sideways", 10, torch.float32)
