@@ -35,6 +35,7 @@ __all__ = [
     "job",
     "cuobjdump_path",
     "MAX_SHARED_BYTES_PER_BLOCK",
+    "specialisations",
 ]
 
 # Opt-in maximum of shared memory per block (bytes), static + dynamic, per
@@ -182,6 +183,29 @@ def job(fn, signature: dict, constexprs: dict, num_warps: int, arch: int,
         attrs: dict | None = None, num_stages: int = 3) -> dict:
     """A JSON-able description of one compile, for :func:`compile_many`."""
     return _job(fn, signature, constexprs, num_warps, arch, attrs, num_stages)
+
+
+def specialisations(sig: dict, size_args: list, constexprs: dict, with_unit_c: bool) -> list:
+    """The argument specialisations the JIT would compile for: 16-divisible
+    pointers and sizes, 16-divisible pointers only, and C == 1 (an integer 1
+    becomes a constant) when ``with_unit_c``."""
+    names = list(sig)
+    pointers = [n for n, ty in sig.items() if ty.startswith("*")]
+
+    def divisible(args):
+        return {(names.index(n),): [["tt.divisibility", 16]] for n in args}
+
+    cases = [
+        {"label": "aligned", "signature": sig, "attrs": divisible(pointers + size_args),
+         "constexprs": dict(constexprs)},
+        {"label": "unaligned", "signature": sig, "attrs": divisible(pointers),
+         "constexprs": dict(constexprs)},
+    ]
+    if with_unit_c:
+        unit = {n: 1 for n in size_args}
+        cases.append({"label": "C=1", "signature": {**sig, **{n: "constexpr" for n in unit}},
+                      "attrs": divisible(pointers), "constexprs": {**constexprs, **unit}})
+    return cases
 
 
 def _main(argv: list[str]) -> int:

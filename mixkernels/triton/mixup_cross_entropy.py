@@ -21,11 +21,12 @@ storage dtype.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
+
+from mixkernels.triton._aot import specialisations
+from mixkernels.triton._launch import device_guard, unit_column_stride
 
 __all__ = [
     "mixup_cross_entropy_forward",
@@ -218,41 +219,8 @@ def aot_cases(kernel_name: str, constexprs: dict, dtype: torch.dtype) -> list[di
                "BLOCK_C": "constexpr"}
     else:
         raise ValueError(f"unknown kernel {kernel_name!r}; expected one of {sorted(KERNELS)}")
-    return _specialisations(sig, ["logits_row_stride", "num_classes"], constexprs,
+    return specialisations(sig, ["logits_row_stride", "num_classes"], constexprs,
                             with_unit_c=constexprs["BLOCK_C"] == _TIERS[kernel_name][0][1])
-
-
-def _specialisations(sig: dict, size_args: list, constexprs: dict, with_unit_c: bool) -> list:
-    names = list(sig)
-    pointers = [n for n, ty in sig.items() if ty.startswith("*")]
-
-    def divisible(args):
-        return {(names.index(n),): [["tt.divisibility", 16]] for n in args}
-
-    cases = [
-        {"label": "aligned", "signature": sig, "attrs": divisible(pointers + size_args),
-         "constexprs": dict(constexprs)},
-        {"label": "unaligned", "signature": sig, "attrs": divisible(pointers),
-         "constexprs": dict(constexprs)},
-    ]
-    if with_unit_c:
-        unit = {n: 1 for n in size_args}
-        cases.append({"label": "C=1", "signature": {**sig, **{n: "constexpr" for n in unit}},
-                      "attrs": divisible(pointers), "constexprs": {**constexprs, **unit}})
-    return cases
-
-
-def _device_guard(t: torch.Tensor):
-    # Triton launches on the current CUDA device; make it the tensor's.
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
-def _rows_unit_stride(logits: torch.Tensor) -> torch.Tensor:
-    # The kernels take a row stride but assume unit column stride. A single
-    # column is unit-stride whatever its stride says.
-    if logits.shape[1] > 1 and logits.stride(1) != 1:
-        return logits.contiguous()
-    return logits
 
 
 def mixup_cross_entropy_forward(logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor,
@@ -264,7 +232,7 @@ def mixup_cross_entropy_forward(logits: torch.Tensor, y_a: torch.Tensor, y_b: to
     stride; ``y_a``, ``y_b`` int64 (B,); ``lam`` fp32 (B,). Inputs are assumed
     checked by the caller (labels in [0, C), lam in [0, 1]).
     """
-    logits = _rows_unit_stride(logits)
+    logits = unit_column_stride(logits)
     batch, num_classes = logits.shape
     loss = torch.empty(batch, dtype=torch.float32, device=logits.device)
     lse = torch.empty(batch, dtype=torch.float32, device=logits.device)
@@ -272,7 +240,7 @@ def mixup_cross_entropy_forward(logits: torch.Tensor, y_a: torch.Tensor, y_b: to
         return loss, lse
     cfg = launch_config("forward", num_classes, logits.dtype)
     smoothing = float(label_smoothing)
-    with _device_guard(logits):
+    with device_guard(logits):
         _mixup_ce_forward_kernel[(batch,)](
             logits, logits.stride(0), y_a.contiguous(), y_b.contiguous(), lam.contiguous(),
             loss, lse, num_classes, smoothing,
@@ -289,14 +257,14 @@ def mixup_cross_entropy_backward(grad_loss: torch.Tensor, logits: torch.Tensor,
     ``grad_loss`` fp32 (B,) is the incoming per-row gradient, already scaled
     by the reduction; ``lse`` is the forward's second output.
     """
-    logits = _rows_unit_stride(logits)
+    logits = unit_column_stride(logits)
     batch, num_classes = logits.shape
     grad_logits = torch.empty((batch, num_classes), dtype=logits.dtype, device=logits.device)
     if grad_logits.numel() == 0:
         return grad_logits
     cfg = launch_config("backward", num_classes, logits.dtype)
     grid = (batch, triton.cdiv(num_classes, cfg["BLOCK_C"]))
-    with _device_guard(logits):
+    with device_guard(logits):
         _mixup_ce_backward_kernel[grid](
             grad_loss.contiguous(), logits, logits.stride(0), y_a.contiguous(), y_b.contiguous(),
             lam.contiguous(), lse.contiguous(), grad_logits, num_classes, float(label_smoothing),

@@ -17,11 +17,12 @@ is fp32 whatever the storage dtypes.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
+
+from mixkernels.triton._aot import specialisations
+from mixkernels.triton._launch import device_guard, unit_column_stride
 
 __all__ = [
     "soft_target_cross_entropy_forward",
@@ -210,43 +211,10 @@ def aot_cases(kernel_name: str, constexprs: dict, dtype: torch.dtype) -> list[di
                    "num_classes": "i32", "BLOCK_C": "constexpr", "NEEDS_TARGET_GRAD": "constexpr"}
         size_args = ["logits_row_stride", "target_row_stride", "num_classes"]
         smallest_tier = constexprs["BLOCK_C"] == _TIERS[kernel_name][0][1]
-        for case in _specialisations(sig, size_args, constexprs, with_unit_c=smallest_tier):
+        for case in specialisations(sig, size_args, constexprs, with_unit_c=smallest_tier):
             case["label"] = f"target {t_target}, {case['label']}"
             cases.append(case)
     return cases
-
-
-def _specialisations(sig: dict, size_args: list, constexprs: dict, with_unit_c: bool) -> list:
-    names = list(sig)
-    pointers = [n for n, ty in sig.items() if ty.startswith("*")]
-
-    def divisible(args):
-        return {(names.index(n),): [["tt.divisibility", 16]] for n in args}
-
-    cases = [
-        {"label": "aligned", "signature": sig, "attrs": divisible(pointers + size_args),
-         "constexprs": dict(constexprs)},
-        {"label": "unaligned", "signature": sig, "attrs": divisible(pointers),
-         "constexprs": dict(constexprs)},
-    ]
-    if with_unit_c:
-        unit = {n: 1 for n in size_args}
-        cases.append({"label": "C=1", "signature": {**sig, **{n: "constexpr" for n in unit}},
-                      "attrs": divisible(pointers), "constexprs": {**constexprs, **unit}})
-    return cases
-
-
-def _device_guard(t: torch.Tensor):
-    # Triton launches on the current CUDA device; make it the tensor's.
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
-def _rows_unit_stride(x: torch.Tensor) -> torch.Tensor:
-    # The kernels take a row stride but assume unit column stride. A single
-    # column is unit-stride whatever its stride says.
-    if x.shape[1] > 1 and x.stride(1) != 1:
-        return x.contiguous()
-    return x
 
 
 def soft_target_cross_entropy_forward(logits: torch.Tensor, target: torch.Tensor
@@ -256,8 +224,8 @@ def soft_target_cross_entropy_forward(logits: torch.Tensor, target: torch.Tensor
     ``logits`` (B, C) fp32/bf16/fp16 and ``target`` (B, C) in fp32 or the
     logits' dtype, both with unit column stride and any row stride.
     """
-    logits = _rows_unit_stride(logits)
-    target = _rows_unit_stride(target)
+    logits = unit_column_stride(logits)
+    target = unit_column_stride(target)
     batch, num_classes = logits.shape
     loss = torch.empty(batch, dtype=torch.float32, device=logits.device)
     lse = torch.empty(batch, dtype=torch.float32, device=logits.device)
@@ -268,7 +236,7 @@ def soft_target_cross_entropy_forward(logits: torch.Tensor, target: torch.Tensor
         # Empty rows: an empty sum is 0 (the reference's loss); lse of nothing is -inf.
         return loss.zero_(), lse.fill_(float("-inf")), target_sum.zero_()
     cfg = launch_config("forward", num_classes, logits.dtype)
-    with _device_guard(logits):
+    with device_guard(logits):
         _soft_target_ce_forward_kernel[(batch,)](
             logits, logits.stride(0), target, target.stride(0), loss, lse, target_sum,
             num_classes, BLOCK_C=cfg["BLOCK_C"], num_warps=cfg["num_warps"],
@@ -287,8 +255,8 @@ def soft_target_cross_entropy_backward(grad_loss: torch.Tensor, logits: torch.Te
     The logits gradient has the logits' dtype, the target gradient the
     target's; the latter is computed only when ``needs_target_grad``.
     """
-    logits = _rows_unit_stride(logits)
-    target = _rows_unit_stride(target)
+    logits = unit_column_stride(logits)
+    target = unit_column_stride(target)
     batch, num_classes = logits.shape
     grad_logits = torch.empty((batch, num_classes), dtype=logits.dtype, device=logits.device)
     grad_target = (torch.empty((batch, num_classes), dtype=target.dtype, device=target.device)
@@ -297,7 +265,7 @@ def soft_target_cross_entropy_backward(grad_loss: torch.Tensor, logits: torch.Te
         return grad_logits, grad_target
     cfg = launch_config("backward", num_classes, logits.dtype)
     grid = (batch, triton.cdiv(num_classes, cfg["BLOCK_C"]))
-    with _device_guard(logits):
+    with device_guard(logits):
         _soft_target_ce_backward_kernel[grid](
             grad_loss.contiguous(), logits, logits.stride(0), target, target.stride(0),
             lse.contiguous(), target_sum.contiguous(), grad_logits,
