@@ -95,7 +95,11 @@ def _extension():
     cpu_kernel_sources = [os.path.join(ROOT, p) for p in rel(glob.glob(os.path.join(ROOT, "csrc/cpu/*_kernel.cpp")))]
     sources = rel(glob.glob(os.path.join(ROOT, "csrc/*.cpp")))
     sources += [p for p in rel(glob.glob(os.path.join(ROOT, "csrc/cpu/*.cpp"))) if not p.endswith("_kernel.cpp")]
-    cxx_flags = ["-O3", "-fvisibility=hidden"]
+    # -fopenmp: at::parallel_for is inline code whose `#pragma omp parallel`
+    # is ignored without it, and the kernels would run on one thread. The
+    # OpenMP runtime resolves to the libgomp that torch itself loads.
+    cxx_flags = ["-O3", "-fvisibility=hidden", "-fopenmp"]
+    link_flags = ["-fopenmp"]
     define_macros = [("Py_LIMITED_API", "0x03090000")]
     include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
     if build_cuda:
@@ -107,11 +111,12 @@ def _extension():
             nvcc_flags.append("-Xptxas=-v")
         ext = CUDAExtension(
             "mixkernels._C", sources, include_dirs=include_dirs, define_macros=define_macros,
-            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags}, py_limited_api=True)
+            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags}, extra_link_args=link_flags,
+            py_limited_api=True)
     else:
         ext = CppExtension(
             "mixkernels._C", sources, include_dirs=include_dirs, define_macros=define_macros,
-            extra_compile_args={"cxx": cxx_flags}, py_limited_api=True)
+            extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags, py_limited_api=True)
     ext.cpu_kernel_sources = cpu_kernel_sources
     return ext
 
