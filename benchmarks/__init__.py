@@ -1,0 +1,1 @@
+"""Benchmark suites for mixkernels (``python -m benchmarks.run``) and their shared harness."""

@@ -1,0 +1,87 @@
+"""Benchmark CLI: ``python -m benchmarks.run [--op ...] [--quick] [--out DIR]``.
+
+Runs the suites on the device at hand (CUDA if available, else CPU), writes
+``<op>.csv``, ``<op>.json`` and ``<op>.md`` per op to ``--out`` (default
+``benchmarks/results/``), and prints markdown tables headed by the machine and
+versions, with each mixkernels backend's speedup over the eager and the
+``torch.compile`` baselines measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks import bench_mixup_cross_entropy as mce
+from benchmarks import harness
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+SUITES = {mce.MIXUP: mce, mce.SOFT: mce}  # op -> module with run_suite(op, ...) and tables(rows)
+DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+               "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    p.add_argument("--op", choices=[*SUITES, "all"], default="all")
+    p.add_argument("--quick", action="store_true",
+                   help="smallest shape only and few repetitions (a smoke test, not a measurement)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory for CSV/JSON/markdown")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--shapes", default=None, help='override the sweep, e.g. "512x1000,1024x32768"')
+    p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated dtypes")
+    p.add_argument("--providers", default=None, help="comma-separated provider names to keep")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch-compile baseline")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds of timed repetitions per provider and shape (default 2.5, quick 0.2)")
+    return p
+
+
+def main(argv=None) -> dict:
+    """Run the CLI; return ``{op: {"rows": [...], "csv": path, "json": path, "markdown": str}}``."""
+    args = build_parser().parse_args(argv)
+    device = args.device or mce.default_device()
+    ops = list(SUITES) if args.op == "all" else [args.op]
+    if args.shapes:
+        shapes = mce.parse_shapes(args.shapes)
+    else:
+        shapes = mce.bench_shapes(quick=True if args.quick else None)
+    dtypes = [DTYPE_NAMES[d.strip().lower()] for d in args.dtypes.split(",") if d.strip()]
+    keep = [p.strip() for p in args.providers.split(",")] if args.providers else None
+    budget = args.budget if args.budget is not None else (0.2 if args.quick else 2.5)
+    warmup, rep = (1, 10) if args.quick else (2, 1000)
+
+    env = harness.environment(device)
+    header = "## mixkernels benchmarks\n\n" + harness.format_environment(env) + "\n"
+    harness.print_flush(header)
+
+    results = {}
+    for op in ops:
+        suite = SUITES[op]
+        names = suite.providers(op, device, include_compile=not args.no_compile)
+        if keep is not None:
+            names = [n for n in names if n in keep]
+        harness.print_flush(f"running {op} on {device}: providers {', '.join(names)}; "
+                            f"shapes {', '.join(f'{b}x{c}' for b, c in shapes)}")
+        start = time.perf_counter()
+        rows = suite.run_suite(op, device=device, shapes=shapes, dtypes=dtypes, provider_names=names,
+                               warmup=warmup, rep=rep, budget_s=budget,
+                               measure_memory=not args.no_memory, env=env,
+                               log=harness.print_flush)
+        table = suite.tables(rows)
+        csv_path = harness.write_csv(rows, args.out / f"{op}.csv")
+        json_path = harness.write_json(rows, args.out / f"{op}.json", environment_info=env)
+        (args.out / f"{op}.md").write_text(header + "\n" + table + "\n")
+        harness.print_flush(f"\n{table}\n({time.perf_counter() - start:.0f} s; wrote {csv_path}, {json_path})\n")
+        results[op] = {"rows": rows, "csv": csv_path, "json": json_path, "markdown": table}
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
+    sys.exit(0)

@@ -1,0 +1,113 @@
+"""The benchmark CLI's quick path end to end, and the CPU peak-memory probe."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # ``benchmarks`` is a top-level folder of the checkout, not installed
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import bench_mixup_cross_entropy as mce  # noqa: E402
+from benchmarks import harness, run  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    # torch.compile of the baselines costs 10-20 s per function on a small CPU; it has
+    # its own test below, so this one checks the rest of the suite's plumbing.
+    results = run.main(["--quick", "--no-compile", "--budget", "0.05", "--out", str(out)])
+    return out, results
+
+
+def _expected_providers(op, device):
+    return set(mce.providers(op, device, include_compile=False))
+
+
+@pytest.mark.parametrize("op", mce.OPS)
+def test_quick_run_writes_csv_and_json(quick_results, op):
+    out, results = quick_results
+    device = mce.default_device()
+    expected = _expected_providers(op, device)
+    assert any(p.startswith("mixkernels-") for p in expected), expected
+
+    with open(out / f"{op}.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and set(rows[0]) == set(harness.ROW_FIELDS)
+    speed = [r for r in rows if r["metric"] == "speed"]
+    assert {r["provider"] for r in speed} == expected
+    assert {r["dtype"] for r in speed} == {"float32", "bfloat16"}
+    for r in speed:
+        for key in ("y_median", "y_p20", "y_p80"):
+            value = float(r[key])
+            assert math.isfinite(value) and value > 0, (r["provider"], key, value)
+        assert json.loads(r["env"])["torch"] == torch.__version__
+
+    payload = json.loads((out / f"{op}.json").read_text())
+    assert payload["environment"]["device"] == device
+    json_speed = [r for r in payload["rows"] if r["metric"] == "speed"]
+    assert {r["provider"] for r in json_speed} == expected
+    assert all(math.isfinite(r["y_median"]) and r["y_median"] > 0 for r in json_speed)
+    ratios = [r for r in payload["rows"] if r["metric"].startswith("speedup_vs_")]
+    assert ratios and all(r["y_median"] > 0 for r in ratios)
+    if device == "cpu" and harness.cpu_peak_rss_supported():
+        assert any(r["metric"] == "memory" for r in payload["rows"])
+
+    table = results[op]["markdown"]
+    assert all(p in table for p in expected)
+    assert (out / f"{op}.md").exists()
+
+
+def test_peak_memory_of_a_known_allocation():
+    if not harness.cpu_peak_rss_supported():
+        pytest.skip("this kernel cannot reset the peak RSS (/proc/self/clear_refs)")
+    nbytes = 128 * 2**20
+
+    def touch_128mb():
+        t = torch.empty(nbytes // 4, dtype=torch.float32)
+        t.fill_(1.0)  # resident only once written
+        del t
+
+    peak = harness.peak_memory_bytes(touch_128mb, "cpu")
+    assert 0.9 * nbytes < peak < 1.25 * nbytes, peak / 2**20
+    # Nothing allocated: nothing reported beyond noise.
+    assert harness.peak_memory_bytes(lambda: None, "cpu") < 8 * 2**20
+
+
+def test_measure_reports_quantiles():
+    result = harness.measure(lambda: sum(range(1000)), device="cpu", warmup=1, rep=20)
+    assert 0 < result["p20_ms"] <= result["median_ms"] <= result["p80_ms"]
+    assert result["reps"] == 20 and result["num_threads"] == torch.get_num_threads()
+
+
+def test_markdown_table_shape():
+    text = harness.markdown_table(["a", "b"], [["x", 1.5], ["yy", 10]])
+    lines = text.splitlines()
+    assert len(lines) == 4 and all(line.startswith("|") and line.endswith("|") for line in lines)
+
+
+# A cold torch.compile of both baselines takes about 15 s on 2 idle cores (a few
+# seconds with a warm inductor cache); MIXKERNELS_SMOKE_COMPILE=0 skips it.
+@pytest.mark.skipif(os.environ.get("MIXKERNELS_SMOKE_COMPILE", "1") == "0",
+                    reason="MIXKERNELS_SMOKE_COMPILE=0")
+def test_quick_run_with_torch_compile(tmp_path):
+    results = run.main(["--quick", "--dtypes", "float32", "--no-memory",
+                        "--providers", "eager-two-ce,timm-soft-target,torch-compile",
+                        "--budget", "0.05", "--out", str(tmp_path)])
+    for op in mce.OPS:
+        rows = [r for r in results[op]["rows"] if r["metric"] == "speed"]
+        eager_name = mce.EAGER_BASELINE[op]
+        assert {r["provider"] for r in rows} == {eager_name, "torch-compile"}
+        assert all(math.isfinite(r["y_median"]) and r["y_median"] > 0 for r in rows)
+        compiled = next(r for r in rows if r["provider"] == "torch-compile")
+        eager = next(r for r in rows if r["provider"] == eager_name)
+        assert compiled["extra"]["loss"] == pytest.approx(eager["extra"]["loss"], rel=1e-4)
