@@ -112,3 +112,16 @@ def test_inputs_survive_rejection():
         mixkernels.mixup_cross_entropy(z, y_a, y_b, lam, reduction="bad", backend="cpu")
     for b, a in zip(before, (z, y_a, y_b, lam)):
         assert torch.equal(b, a)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_cuda_tensors_rejected_without_host_sync(backend):
+    """On CUDA tensors, shape/dtype/device errors raise at once. (Value errors,
+    labels and lam, are queued with torch._assert_async: a device-side assert
+    that ends the CUDA context, so it is not triggered here.)"""
+    z, y_a, y_b, lam = (t.cuda() for t in good())
+    with pytest.raises(ValueError, match="y_a"):
+        mixkernels.mixup_cross_entropy(z, y_a[:3], y_b, lam, backend=backend)
+    with pytest.raises(ValueError, match="y_b"):
+        mixkernels.mixup_cross_entropy(z, y_a, y_b.cpu(), lam, backend=backend)
