@@ -100,7 +100,7 @@ def _extension():
     # OpenMP runtime resolves to the libgomp that torch itself loads.
     cxx_flags = ["-O3", "-fvisibility=hidden", "-fopenmp"]
     link_flags = ["-fopenmp"]
-    define_macros = [("Py_LIMITED_API", "0x03090000")]
+    define_macros = []  # py_limited_api=True makes torch define Py_LIMITED_API itself
     include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
     if build_cuda:
         sources += rel(glob.glob(os.path.join(ROOT, "csrc/cuda/*.cpp")))
