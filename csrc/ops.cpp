@@ -17,6 +17,15 @@ TORCH_LIBRARY(mixkernels, m) {
   // (grad_logits, grad_target); grad_target has shape (0,) unless asked for.
   m.def("soft_target_cross_entropy_backward(Tensor grad_loss, Tensor logits, Tensor target, "
         "Tensor lse, Tensor target_sum, bool needs_target_grad) -> (Tensor, Tensor)");
+  // Row mixing, the primitive of mix_batch. x: (B, N) with unit stride along N;
+  // src: int64 (B,), a permutation; w_self, w_src: fp32 (B,).
+  //   out[i] = w_self[i] * x[i] + w_src[i] * x[src[i]]      (fp32 arithmetic)
+  m.def("mix_rows(Tensor x, Tensor src, Tensor w_self, Tensor w_src) -> Tensor");
+  // The same, written into x; correct for any permutation (cycles included).
+  m.def("mix_rows_(Tensor(a!) x, Tensor src, Tensor w_self, Tensor w_src) -> ()");
+  // Per-row dots for the weights' gradients: (B, 2) fp32 with
+  //   [i, 0] = sum_n grad[i, n] * x[i, n],   [i, 1] = sum_n grad[i, n] * x[src[i], n]
+  m.def("mix_rows_dots(Tensor grad, Tensor x, Tensor src) -> Tensor");
   // Whether this build compiled the CUDA kernels (for mixkernels.backends()).
   m.def("built_with_cuda() -> bool", []() -> bool {
 #ifdef MIXKERNELS_WITH_CUDA

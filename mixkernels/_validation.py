@@ -107,3 +107,67 @@ def labels_int64(y: torch.Tensor) -> torch.Tensor:
 def unit_class_stride(t: torch.Tensor) -> torch.Tensor:
     """Kernels accept any row stride but need unit stride along classes."""
     return t if t.stride(1) == 1 else t.contiguous()
+
+
+def check_batch(x, name: str = "x") -> None:
+    """A batch of samples: a float tensor with a non-empty first dimension."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 0:
+        raise ValueError(f"{name} must have a batch dimension, got a 0-d tensor")
+    if x.dtype not in FLOAT_DTYPES and x.dtype != torch.float64:
+        raise TypeError(f"{name} must be float32, bfloat16 or float16 (float64 on backend='torch'), got {x.dtype}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)})")
+
+
+def check_permutation(perm, name: str, batch: int, device: torch.device) -> None:
+    """``perm`` is a permutation of ``range(batch)``: checked exactly on CPU
+    tensors, queued with ``torch._assert_async`` on GPU tensors."""
+    if not isinstance(perm, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of sample indices, got {type(perm).__name__}")
+    if perm.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError(f"{name} must hold integer sample indices, got {perm.dtype}")
+    if perm.shape != (batch,):
+        raise ValueError(f"{name} must have shape ({batch},) to match the batch, got {tuple(perm.shape)}")
+    if perm.device != device:
+        raise ValueError(f"{name} is on {perm.device} but the batch is on {device}")
+    if _tracing():
+        return
+    is_permutation = (torch.sort(perm.to(torch.int64)).values == torch.arange(batch, device=perm.device)).all()
+    if perm.device.type == "cpu":
+        if not bool(is_permutation):
+            raise ValueError(f"{name} must be a permutation of range({batch})")
+    else:
+        torch._assert_async(is_permutation, f"mixkernels: {name} is not a permutation")
+
+
+def samples_as_rows(x: torch.Tensor):
+    """``(rows, restore, is_view)``: a (B, N) view of the batch with unit stride
+    along N, a function that gives a (B, N) result x's shape and memory
+    format, and whether ``rows`` shares x's memory.
+
+    Each sample is one dense block in memory for contiguous and channels-last
+    batches (and any other order of the sample's dimensions): the kernels mix
+    those blocks element by element, which is the same for every order, so the
+    result keeps x's layout. Other layouts are copied to a contiguous batch.
+    """
+    batch = x.shape[0]
+    if x.dim() == 1:
+        return x.view(batch, 1), lambda rows: rows.view(batch), True
+    # Sample dimensions from the largest stride to the smallest.
+    order = sorted(range(1, x.dim()), key=lambda d: -x.stride(d))
+    permuted = x.permute(0, *order)
+    is_view = permuted[0].is_contiguous()
+    if not is_view:
+        permuted = permuted.contiguous()
+    sample_numel = permuted[0].numel()
+    rows = permuted.as_strided((batch, sample_numel), (permuted.stride(0) if batch > 1 else sample_numel, 1))
+    inverse = [0] * x.dim()
+    for position, dim in enumerate([0, *order]):
+        inverse[dim] = position
+
+    def restore(result_rows: torch.Tensor) -> torch.Tensor:
+        return result_rows.view(permuted.shape).permute(*inverse)
+
+    return rows, restore, is_view

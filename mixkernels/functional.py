@@ -13,10 +13,11 @@ from typing import NamedTuple, Optional
 import torch
 
 from mixkernels import _backend, _validation, reference
+from mixkernels.ops.mix_batch import mix_rows, mix_rows_inplace
 from mixkernels.ops.mixup_cross_entropy import mixup_cross_entropy_rows
 from mixkernels.ops.soft_target_cross_entropy import soft_target_cross_entropy_rows
 
-__all__ = ["MixedTargets", "mixup_cross_entropy", "soft_target_cross_entropy"]
+__all__ = ["MixedTargets", "mix_batch", "mixup_cross_entropy", "soft_target_cross_entropy"]
 
 
 class MixedTargets(NamedTuple):
@@ -116,3 +117,50 @@ def soft_target_cross_entropy(logits: torch.Tensor, target, *, reduction: str = 
     loss_rows = soft_target_cross_entropy_rows(
         _validation.unit_class_stride(logits), _validation.unit_class_stride(target), backend)
     return _reduce(loss_rows, reduction, logits.dtype)
+
+
+def mix_batch(x: torch.Tensor, perm: torch.Tensor, lam, *, inplace: bool = False,
+              backend: str = "auto") -> torch.Tensor:
+    """``lam * x + (1 - lam) * x[perm]``, sample by sample, in one kernel launch.
+
+    Args:
+        x: (B, ...) fp32, bf16 or fp16 batch of any trailing shape (images,
+            token sequences, hidden features); contiguous, channels-last or
+            strided. The result keeps x's memory format.
+        perm: (B,) permutation: sample ``i`` is mixed with sample ``perm[i]``.
+        lam: weight of each sample itself: a float, a 0-d or a (B,) tensor in
+            [0, 1]; receives a gradient when it is a tensor that requires grad.
+        inplace: write the result into ``x`` (only when no gradient is needed).
+            Correct for any permutation, cycles included; the CPU kernel needs
+            no copy of the batch, the GPU kernels may use a temporary one.
+        backend: ``"auto"``, ``"torch"``, ``"cpu"``, ``"triton"`` or ``"cuda"``.
+
+    Gradients flow to x (through each sample's own slot and its partner's)
+    and to lam.
+    """
+    _validation.check_batch(x)
+    batch = x.shape[0]
+    _validation.check_permutation(perm, "perm", batch, x.device)
+    _validation.check_lam(lam, "lam", batch, x.device)
+    if not isinstance(inplace, bool):
+        raise TypeError(f"inplace must be a bool, got {type(inplace).__name__}")
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or (isinstance(lam, torch.Tensor) and lam.requires_grad))
+    if inplace and needs_grad:
+        raise ValueError("inplace=True overwrites x, which autograd needs: use inplace=False, "
+                         "or call under torch.no_grad() when no gradient is wanted")
+    backend = _backend.resolve_backend(backend, x.device)
+    if backend == "torch":
+        out = reference.mix_batch(x, perm, lam)
+        return x.copy_(out) if inplace else out
+    if x.dtype == torch.float64:
+        raise TypeError(f"x must be float32, bfloat16 or float16 for backend {backend!r}, got float64")
+    lam_rows = _validation.lam_per_row(lam, batch, x.device)
+    src = perm.to(torch.int64).contiguous()
+    rows, restore, is_view = _validation.samples_as_rows(x)
+    if inplace:
+        mix_rows_inplace(rows, src, lam_rows, 1.0 - lam_rows, backend)
+        if not is_view:  # x's layout needed a contiguous copy: write the result back
+            x.copy_(restore(rows))
+        return x
+    return restore(mix_rows(rows, src, lam_rows, 1.0 - lam_rows, backend))

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "mix_batch",
     "mixup_cross_entropy",
     "soft_target_cross_entropy",
     "mixup_target",
@@ -94,3 +95,25 @@ def soft_target_cross_entropy(logits: torch.Tensor, target: torch.Tensor, *,
     target = target.to(dtype)
     loss = -(target * _log_softmax_where_weighted(logits.to(dtype), target)).sum(dim=1)
     return reduce_loss(loss, reduction).to(logits.dtype)
+
+
+def _lam_like_samples(lam, x: torch.Tensor, dtype: torch.dtype):
+    """lam as a float or a tensor broadcastable against x's samples (B, 1, ...)."""
+    if not isinstance(lam, torch.Tensor):
+        return float(lam)
+    lam = lam.to(dtype)
+    return lam.reshape((-1,) + (1,) * (x.dim() - 1)) if lam.dim() else lam
+
+
+def mix_batch(x: torch.Tensor, perm: torch.Tensor, lam) -> torch.Tensor:
+    """``lam * x + (1 - lam) * x[perm]``, sample by sample, over any trailing shape.
+
+    ``perm`` is a permutation of ``range(B)``: sample ``i`` is mixed with
+    sample ``perm[i]``. ``lam`` is a float, a 0-d or a (B,) tensor (one lam per
+    sample); gradients flow to ``x`` (both through its own slot and through
+    the partner's) and to ``lam``. Computed in fp32, returned in x's dtype.
+    """
+    dtype = _compute_dtype(x.dtype)
+    lam = _lam_like_samples(lam, x, dtype)
+    xc = x.to(dtype)
+    return (lam * xc + (1.0 - lam) * xc[perm.long()]).to(x.dtype)

@@ -13,7 +13,7 @@ RELATIVE_ATOL = {torch.float32: 2e-6, torch.bfloat16: 8e-3, torch.float16: 1e-3}
 
 
 def max_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
+    a, b = a.detach().double(), b.detach().double()
     both_nan = torch.isnan(a) & torch.isnan(b)
     diff = (a - b).abs().masked_fill(both_nan, 0.0)
     return float(diff.max()) if diff.numel() else 0.0

@@ -8,10 +8,9 @@
 
 #include <cstdint>
 
-namespace mixkernels::cpu {
+#include "cpu/dtype.h"
 
-// Storage dtype of logits / targets / gradients; arithmetic is always fp32.
-enum class Dtype : int { Float = 0, BFloat16 = 1, Half = 2 };
+namespace mixkernels::cpu {
 
 struct MixupCEForwardArgs {
   const void* logits;  // (batch, num_classes), unit column stride

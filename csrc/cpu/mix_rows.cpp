@@ -1,0 +1,91 @@
+// CPU implementations of the row-mixing ops (schemas in csrc/ops.cpp):
+// checks, allocation, the permutation's cycles, and the kernel for this CPU.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "cpu/mix_rows_kernel.h"
+#include "cpu/op_utils.h"
+#include "mixkernels/mix_checks.h"
+
+namespace mixkernels::cpu {
+namespace {
+
+// src must be a permutation of [0, B): every kernel reads x[src[i]], and the
+// gradient and the in-place path rely on each row being read exactly once.
+// O(B) on the host, no cost next to the (B, N) kernels.
+void check_permutation(const at::Tensor& src) {
+  const int64_t batch = src.size(0);
+  const int64_t* p = src.const_data_ptr<int64_t>();
+  std::vector<char> seen(static_cast<size_t>(batch), 0);
+  for (int64_t i = 0; i < batch; ++i) {
+    TORCH_CHECK_INDEX(p[i] >= 0 && p[i] < batch, "mixkernels: src[", i, "] = ", p[i], " is outside [0, ",
+                      batch, ")");
+    TORCH_CHECK_VALUE(!seen[p[i]], "mixkernels: src is not a permutation: ", p[i], " appears twice");
+    seen[p[i]] = 1;
+  }
+}
+
+at::Tensor mix_rows_cpu(const at::Tensor& x, const at::Tensor& src, const at::Tensor& w_self,
+                        const at::Tensor& w_src) {
+  check_cpu(x, "x");
+  check_mix_rows_inputs(x, src, w_self, w_src);
+  check_permutation(src);
+  const int64_t batch = x.size(0), row_length = x.size(1);
+  at::Tensor out = empty_for_writing({batch, row_length}, x.options());
+  MixRowsArgs args{x.const_data_ptr(), to_dtype(x.scalar_type()), batch, row_length, x.stride(0),
+                   src.const_data_ptr<int64_t>(), w_self.const_data_ptr<float>(), w_src.const_data_ptr<float>(),
+                   out.mutable_data_ptr()};
+  MIXKERNELS_CPU_KERNEL(mix_rows)(args);
+  return out;
+}
+
+void mix_rows_inplace_cpu(const at::Tensor& x, const at::Tensor& src, const at::Tensor& w_self,
+                          const at::Tensor& w_src) {
+  check_cpu(x, "x");
+  check_mix_rows_inputs(x, src, w_self, w_src);
+  check_mix_rows_inplace_target(x);
+  check_permutation(src);
+  const int64_t batch = x.size(0);
+  // The permutation's cycles, each listed from its smallest row onwards.
+  const int64_t* p = src.const_data_ptr<int64_t>();
+  std::vector<int64_t> cycles, offsets{0};
+  cycles.reserve(static_cast<size_t>(batch));
+  std::vector<char> visited(static_cast<size_t>(batch), 0);
+  for (int64_t start = 0; start < batch; ++start) {
+    if (visited[start]) continue;
+    for (int64_t row = start; !visited[row]; row = p[row]) {
+      visited[row] = 1;
+      cycles.push_back(row);
+    }
+    offsets.push_back(static_cast<int64_t>(cycles.size()));
+  }
+  MixRowsInplaceArgs args{x.mutable_data_ptr(), to_dtype(x.scalar_type()), batch, x.size(1), x.stride(0),
+                          w_self.const_data_ptr<float>(), w_src.const_data_ptr<float>(), cycles.data(),
+                          offsets.data(), static_cast<int64_t>(offsets.size()) - 1};
+  MIXKERNELS_CPU_KERNEL(mix_rows_inplace)(args);
+}
+
+at::Tensor mix_rows_dots_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& src) {
+  check_cpu(x, "x");
+  check_mix_rows_dots_inputs(grad, x, src);
+  check_permutation(src);
+  const int64_t batch = x.size(0);
+  at::Tensor dots = at::empty({batch, 2}, x.options().dtype(at::kFloat));
+  MixRowsDotsArgs args{grad.const_data_ptr(), x.const_data_ptr(), to_dtype(x.scalar_type()), batch, x.size(1),
+                       grad.stride(0), x.stride(0), src.const_data_ptr<int64_t>(), dots.mutable_data_ptr<float>()};
+  MIXKERNELS_CPU_KERNEL(mix_rows_dots)(args);
+  return dots;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mixkernels, CPU, m) {
+  m.impl("mix_rows", &mix_rows_cpu);
+  m.impl("mix_rows_", &mix_rows_inplace_cpu);
+  m.impl("mix_rows_dots", &mix_rows_dots_cpu);
+}
+
+}  // namespace mixkernels::cpu

@@ -1,0 +1,144 @@
+// CPU kernels of the row-mixing ops, vectorised with at::vec (see
+// cross_entropy_kernel.cpp for how the per-capability builds work).
+//
+// mix_rows is pure memory traffic: the work is split into equal runs of the
+// flattened (B, N) output so that a small batch of large rows still uses every
+// thread. The in-place version walks each permutation cycle column block by
+// column block, keeping only the first row's block aside, so it needs no copy
+// of the batch. Dots reduce one row per task, in a fixed order (deterministic).
+#include "cpu/mix_rows_kernel.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+
+#include "cpu/vec_utils.h"
+#include "mixkernels/mix_math.h"
+
+namespace mixkernels::cpu::CPU_CAPABILITY {
+namespace {
+
+// Elements per parallel task: large enough to amortise scheduling, small
+// enough to balance two to a few dozen threads.
+constexpr int64_t kElementsPerTask = 1 << 16;
+// Columns processed together by the in-place kernel (the saved block of the
+// cycle's first row lives on the stack).
+constexpr int64_t kInplaceBlock = 2048;
+
+// dst[n] = w_self * own[n] + w_src * partner[n] for n in [0, len). dst may be own.
+template <typename T>
+inline void mix_span(T* dst, const T* own, const T* partner, int64_t len, float w_self, float w_src) {
+  const Vec vs(w_self), vp(w_src);
+  int64_t n = 0;
+  for (; n + kChunk <= len; n += kChunk) {
+    Vec a_lo, a_hi, b_lo, b_hi;
+    Chunk<T>::load(own + n, a_lo, a_hi);
+    Chunk<T>::load(partner + n, b_lo, b_hi);
+    Chunk<T>::store(dst + n, at::vec::fmadd(a_lo, vs, b_lo * vp), at::vec::fmadd(a_hi, vs, b_hi * vp));
+  }
+  for (; n < len; ++n) {
+    dst[n] = static_cast<T>(mix_element(to_float(own[n]), to_float(partner[n]), w_self, w_src));
+  }
+}
+
+template <typename T>
+void mix_rows_typed(const MixRowsArgs& a) {
+  const T* x = static_cast<const T*>(a.x);
+  T* out = static_cast<T*>(a.out);
+  const int64_t n_cols = a.row_length;
+  at::parallel_for(0, a.batch * n_cols, kElementsPerTask, [&](int64_t begin, int64_t end) {
+    // [begin, end) of the flattened output, cut at row boundaries.
+    while (begin < end) {
+      const int64_t row = begin / n_cols, col = begin % n_cols;
+      const int64_t len = std::min(end - begin, n_cols - col);
+      mix_span(out + row * n_cols + col, x + row * a.row_stride + col, x + a.src[row] * a.row_stride + col,
+               len, a.w_self[row], a.w_src[row]);
+      begin += len;
+    }
+  });
+}
+
+template <typename T>
+void mix_rows_inplace_typed(const MixRowsInplaceArgs& a) {
+  T* x = static_cast<T*>(a.x);
+  const int64_t n_cols = a.row_length;
+  const int64_t n_blocks = (n_cols + kInplaceBlock - 1) / kInplaceBlock;
+  // Column blocks are independent: each task walks every cycle on its blocks.
+  const int64_t grain = std::max<int64_t>(1, kElementsPerTask / (kInplaceBlock * std::max<int64_t>(1, a.batch)));
+  at::parallel_for(0, n_blocks, grain, [&](int64_t block_begin, int64_t block_end) {
+    T first_row[kInplaceBlock];
+    for (int64_t block = block_begin; block < block_end; ++block) {
+      const int64_t col = block * kInplaceBlock;
+      const int64_t len = std::min(kInplaceBlock, n_cols - col);
+      for (int64_t k = 0; k < a.num_cycles; ++k) {
+        const int64_t* cycle = a.cycles + a.cycle_offsets[k];
+        const int64_t length = a.cycle_offsets[k + 1] - a.cycle_offsets[k];
+        T* head = x + cycle[0] * a.row_stride + col;
+        if (length == 1) {  // a fixed point mixes with itself
+          mix_span(head, head, head, len, a.w_self[cycle[0]], a.w_src[cycle[0]]);
+          continue;
+        }
+        // Row c_j takes c_{j+1}, which is still unwritten when walking forward;
+        // the last row takes c_0, whose original block is kept aside.
+        std::copy(head, head + len, first_row);
+        for (int64_t j = 0; j + 1 < length; ++j) {
+          T* row = x + cycle[j] * a.row_stride + col;
+          const T* next = x + cycle[j + 1] * a.row_stride + col;
+          mix_span(row, row, next, len, a.w_self[cycle[j]], a.w_src[cycle[j]]);
+        }
+        T* last = x + cycle[length - 1] * a.row_stride + col;
+        mix_span(last, last, first_row, len, a.w_self[cycle[length - 1]], a.w_src[cycle[length - 1]]);
+      }
+    }
+  });
+}
+
+template <typename T>
+void mix_rows_dots_typed(const MixRowsDotsArgs& a) {
+  const T* grad = static_cast<const T*>(a.grad);
+  const T* x = static_cast<const T*>(a.x);
+  const int64_t n_cols = a.row_length;
+  at::parallel_for(0, a.batch, row_grain(n_cols), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const T* g = grad + row * a.grad_row_stride;
+      const T* own = x + row * a.x_row_stride;
+      const T* partner = x + a.src[row] * a.x_row_stride;
+      Vec own_lo(0.0f), own_hi(0.0f), partner_lo(0.0f), partner_hi(0.0f);
+      int64_t n = 0;
+      for (; n + kChunk <= n_cols; n += kChunk) {
+        Vec g_lo, g_hi, o_lo, o_hi, p_lo, p_hi;
+        Chunk<T>::load(g + n, g_lo, g_hi);
+        Chunk<T>::load(own + n, o_lo, o_hi);
+        Chunk<T>::load(partner + n, p_lo, p_hi);
+        own_lo = at::vec::fmadd(g_lo, o_lo, own_lo);
+        own_hi = at::vec::fmadd(g_hi, o_hi, own_hi);
+        partner_lo = at::vec::fmadd(g_lo, p_lo, partner_lo);
+        partner_hi = at::vec::fmadd(g_hi, p_hi, partner_hi);
+      }
+      float own_dot = at::vec::vec_reduce_all<float>(std::plus<Vec>(), own_lo + own_hi);
+      float partner_dot = at::vec::vec_reduce_all<float>(std::plus<Vec>(), partner_lo + partner_hi);
+      for (; n < n_cols; ++n) {
+        own_dot += to_float(g[n]) * to_float(own[n]);
+        partner_dot += to_float(g[n]) * to_float(partner[n]);
+      }
+      a.dots[2 * row] = own_dot;
+      a.dots[2 * row + 1] = partner_dot;
+    }
+  });
+}
+
+}  // namespace
+
+void mix_rows(const MixRowsArgs& args) {
+  dispatch_dtype(args.dtype, [&](auto tag) { mix_rows_typed<decltype(tag)>(args); });
+}
+
+void mix_rows_inplace(const MixRowsInplaceArgs& args) {
+  dispatch_dtype(args.dtype, [&](auto tag) { mix_rows_inplace_typed<decltype(tag)>(args); });
+}
+
+void mix_rows_dots(const MixRowsDotsArgs& args) {
+  dispatch_dtype(args.dtype, [&](auto tag) { mix_rows_dots_typed<decltype(tag)>(args); });
+}
+
+}  // namespace mixkernels::cpu::CPU_CAPABILITY

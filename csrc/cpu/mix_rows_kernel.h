@@ -1,0 +1,57 @@
+// The CPU row-mixing kernels (mix_batch's primitives), compiled once per CPU
+// capability like cross_entropy_kernel.h; plain pointers and sizes only.
+#pragma once
+
+#include <cstdint>
+
+#include "cpu/dtype.h"
+
+namespace mixkernels::cpu {
+
+// out[i] = w_self[i] * x[i] + w_src[i] * x[src[i]], rows of `row_length`.
+struct MixRowsArgs {
+  const void* x;
+  Dtype dtype;
+  int64_t batch, row_length, row_stride;
+  const int64_t* src;
+  const float* w_self;
+  const float* w_src;
+  void* out;  // contiguous (batch, row_length)
+};
+
+// The same written into x. `cycles` lists the rows cycle by cycle, each
+// cycle in the order c0, c1 = src[c0], c2 = src[c1], ...; cycle k is
+// cycles[cycle_offsets[k] : cycle_offsets[k + 1]].
+struct MixRowsInplaceArgs {
+  void* x;
+  Dtype dtype;
+  int64_t batch, row_length, row_stride;
+  const float* w_self;
+  const float* w_src;
+  const int64_t* cycles;
+  const int64_t* cycle_offsets;
+  int64_t num_cycles;
+};
+
+// dots[i] = (sum_n grad[i,n] * x[i,n], sum_n grad[i,n] * x[src[i],n]).
+struct MixRowsDotsArgs {
+  const void* grad;
+  const void* x;
+  Dtype dtype;
+  int64_t batch, row_length, grad_row_stride, x_row_stride;
+  const int64_t* src;
+  float* dots;  // (batch, 2)
+};
+
+#define MIXKERNELS_DECLARE_MIX_ROWS_KERNELS(capability)      \
+  namespace capability {                                     \
+  void mix_rows(const MixRowsArgs& args);                    \
+  void mix_rows_inplace(const MixRowsInplaceArgs& args);     \
+  void mix_rows_dots(const MixRowsDotsArgs& args);           \
+  }
+
+MIXKERNELS_DECLARE_MIX_ROWS_KERNELS(DEFAULT)
+MIXKERNELS_DECLARE_MIX_ROWS_KERNELS(AVX2)
+MIXKERNELS_DECLARE_MIX_ROWS_KERNELS(AVX512)
+
+}  // namespace mixkernels::cpu
