@@ -26,6 +26,18 @@ TORCH_LIBRARY(mixkernels, m) {
   // Per-row dots for the weights' gradients: (B, 2) fp32 with
   //   [i, 0] = sum_n grad[i, n] * x[i, n],   [i, 1] = sum_n grad[i, n] * x[src[i], n]
   m.def("mix_rows_dots(Tensor grad, Tensor x, Tensor src) -> Tensor");
+  // Image mixing with boxes, the primitive of cutmix_batch (and of Mixup's
+  // per-sample mixup-or-cutmix). x: (B, C, H, W), contiguous or channels-last;
+  // src: int64 (B,), a permutation; w_self, w_src: fp32 (B,); box_self,
+  // box_src: int64 (B, 4) half-open (y0, y1, x0, x1). At pixel p of image i:
+  //   out[i, :, p] = (p in box_self[i] ? 0 : w_self[i]) * x[i, :, p]
+  //                + (p in box_src[i]  ? 1 : w_src[i])  * x[src[i], :, p]
+  // A term whose weight is 0 is skipped, not multiplied (so a pasted box is an
+  // exact copy even next to inf/NaN). Forward: box_self = box_src = the boxes;
+  // the gradient is the same op on the incoming gradient with the inverse
+  // permutation and box_src = boxes[inv].
+  m.def("mix_images(Tensor x, Tensor src, Tensor w_self, Tensor w_src, Tensor box_self, "
+        "Tensor box_src) -> Tensor");
   // Whether this build compiled the CUDA kernels (for mixkernels.backends()).
   m.def("built_with_cuda() -> bool", []() -> bool {
 #ifdef MIXKERNELS_WITH_CUDA

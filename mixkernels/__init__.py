@@ -7,7 +7,7 @@ plain-PyTorch specification in :mod:`mixkernels.reference`, and
 """
 
 from mixkernels._backend import BackendStatus, backends
-from mixkernels.functional import MixedTargets, mix_batch, mixup_cross_entropy, soft_target_cross_entropy
+from mixkernels.functional import MixedTargets, cutmix_batch, mix_batch, mixup_cross_entropy, soft_target_cross_entropy
 from mixkernels.nn import MixupCrossEntropyLoss, SoftTargetCrossEntropy
 from mixkernels import reference
 
@@ -19,6 +19,7 @@ __all__ = [
     "MixupCrossEntropyLoss",
     "SoftTargetCrossEntropy",
     "backends",
+    "cutmix_batch",
     "mix_batch",
     "mixup_cross_entropy",
     "reference",

@@ -171,3 +171,28 @@ def samples_as_rows(x: torch.Tensor):
         return result_rows.view(permuted.shape).permute(*inverse)
 
     return rows, restore, is_view
+
+
+def check_boxes(boxes, name: str, batch: int, height: int, width: int, device: torch.device) -> None:
+    """(batch, 4) integer boxes ``(y0, y1, x0, x1)`` with 0 <= y0 <= y1 <= height
+    and 0 <= x0 <= x1 <= width (eager on CPU tensors, queued on GPU tensors)."""
+    if not isinstance(boxes, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of (y0, y1, x0, x1) boxes, got {type(boxes).__name__}")
+    if boxes.is_floating_point() or boxes.is_complex() or boxes.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer pixel coordinates, got {boxes.dtype}")
+    if boxes.shape != (batch, 4):
+        raise ValueError(f"{name} must have shape ({batch}, 4), got {tuple(boxes.shape)}")
+    if boxes.device != device:
+        raise ValueError(f"{name} is on {boxes.device} but the batch is on {device}")
+    if _tracing():
+        return
+    y0, y1, x0, x1 = boxes.to(torch.int64).unbind(1)
+    valid = ((0 <= y0) & (y0 <= y1) & (y1 <= height) & (0 <= x0) & (x0 <= x1) & (x1 <= width)).all()
+    if boxes.device.type == "cpu":
+        if not bool(valid):
+            bad = int((~((0 <= y0) & (y0 <= y1) & (y1 <= height) & (0 <= x0) & (x0 <= x1) & (x1 <= width)))
+                      .nonzero()[0, 0])
+            raise ValueError(f"{name}[{bad}] = {tuple(boxes[bad].tolist())} is not a box inside the "
+                             f"{height}x{width} image (need 0 <= y0 <= y1 <= {height}, 0 <= x0 <= x1 <= {width})")
+    else:
+        torch._assert_async(valid, f"mixkernels: {name} has boxes outside the image")

@@ -13,11 +13,12 @@ from typing import NamedTuple, Optional
 import torch
 
 from mixkernels import _backend, _validation, reference
+from mixkernels.ops.cutmix_batch import mix_images
 from mixkernels.ops.mix_batch import mix_rows, mix_rows_inplace
 from mixkernels.ops.mixup_cross_entropy import mixup_cross_entropy_rows
 from mixkernels.ops.soft_target_cross_entropy import soft_target_cross_entropy_rows
 
-__all__ = ["MixedTargets", "mix_batch", "mixup_cross_entropy", "soft_target_cross_entropy"]
+__all__ = ["MixedTargets", "cutmix_batch", "mix_batch", "mixup_cross_entropy", "soft_target_cross_entropy"]
 
 
 class MixedTargets(NamedTuple):
@@ -164,3 +165,37 @@ def mix_batch(x: torch.Tensor, perm: torch.Tensor, lam, *, inplace: bool = False
             x.copy_(restore(rows))
         return x
     return restore(mix_rows(rows, src, lam_rows, 1.0 - lam_rows, backend))
+
+
+def cutmix_batch(x: torch.Tensor, perm: torch.Tensor, boxes: torch.Tensor, *, backend: str = "auto"):
+    """CutMix: each image with its box pasted from its partner, in one kernel launch.
+
+    Args:
+        x: (B, C, H, W) fp32, bf16 or fp16 images (contiguous or channels-last;
+            other layouts are copied). The result keeps x's memory format.
+        perm: (B,) permutation: image ``i`` takes its box from image ``perm[i]``.
+        boxes: (B, 4) integer boxes ``(y0, y1, x0, x1)`` in pixels, half-open:
+            rows ``y0 <= h < y1`` and columns ``x0 <= w < x1``, inside the image.
+        backend: ``"auto"``, ``"torch"`` or ``"cpu"`` (GPU kernels are not built yet).
+
+    Returns ``(mixed, lam)``: lam[i] = 1 - box area / image area (fp32), the
+    weight of image i's own label. Gradient to x.
+    """
+    _validation.check_batch(x)
+    if x.dim() != 4:
+        raise ValueError(f"x must be a (B, C, H, W) batch of images, got shape {tuple(x.shape)}")
+    batch, _, height, width = x.shape
+    _validation.check_permutation(perm, "perm", batch, x.device)
+    _validation.check_boxes(boxes, "boxes", batch, height, width, x.device)
+    backend = _backend.resolve_backend(backend, x.device)
+    if backend == "torch":
+        return reference.cutmix_batch(x, perm, boxes)
+    if x.dtype == torch.float64:
+        raise TypeError(f"x must be float32, bfloat16 or float16 for backend {backend!r}, got float64")
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        x = x.contiguous()
+    boxes64 = boxes.to(torch.int64).contiguous()
+    ones = torch.ones(batch, dtype=torch.float32, device=x.device)
+    mixed = mix_images(x, perm.to(torch.int64).contiguous(), ones, torch.zeros_like(ones), boxes64, boxes64,
+                       backend)
+    return mixed, reference.cutmix_lam(boxes64, height, width)

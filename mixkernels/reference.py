@@ -22,6 +22,9 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "cutmix_batch",
+    "cutmix_box_mask",
+    "cutmix_lam",
     "mix_batch",
     "mixup_cross_entropy",
     "soft_target_cross_entropy",
@@ -117,3 +120,33 @@ def mix_batch(x: torch.Tensor, perm: torch.Tensor, lam) -> torch.Tensor:
     lam = _lam_like_samples(lam, x, dtype)
     xc = x.to(dtype)
     return (lam * xc + (1.0 - lam) * xc[perm.long()]).to(x.dtype)
+
+
+def cutmix_box_mask(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, H, W) bool: True inside each sample's box ``(y0, y1, x0, x1)``
+    (half-open pixel ranges ``y0 <= h < y1``, ``x0 <= w < x1``)."""
+    y0, y1, x0, x1 = boxes.to(torch.int64).unbind(1)
+    rows = torch.arange(height, device=boxes.device).view(1, height, 1)
+    cols = torch.arange(width, device=boxes.device).view(1, 1, width)
+    return ((rows >= y0.view(-1, 1, 1)) & (rows < y1.view(-1, 1, 1))
+            & (cols >= x0.view(-1, 1, 1)) & (cols < x1.view(-1, 1, 1)))
+
+
+def cutmix_batch(x: torch.Tensor, perm: torch.Tensor, boxes: torch.Tensor):
+    """CutMix: each image ``x[i]`` with the box ``boxes[i] = (y0, y1, x0, x1)``
+    pasted from its partner ``x[perm[i]]``, as timm's
+    ``x[:, :, y0:y1, x0:x1] = x.flip(0)[:, :, y0:y1, x0:x1]`` per sample.
+
+    Returns ``(mixed, lam)``: lam[i] = 1 - box area / image area (fp32), the
+    weight of the sample's own label (timm's ``correct_lam``). Gradient to x.
+    """
+    height, width = x.shape[-2], x.shape[-1]
+    inside = cutmix_box_mask(boxes, height, width).unsqueeze(1)
+    mixed = torch.where(inside, x[perm.long()], x)
+    return mixed, cutmix_lam(boxes, height, width)
+
+
+def cutmix_lam(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """1 - box area / image area per sample, fp32 (timm's ``correct_lam``)."""
+    y0, y1, x0, x1 = boxes.to(torch.int64).unbind(1)
+    return 1.0 - ((y1 - y0) * (x1 - x0)).to(torch.float32) / float(height * width)

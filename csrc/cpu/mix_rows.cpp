@@ -80,12 +80,54 @@ at::Tensor mix_rows_dots_cpu(const at::Tensor& grad, const at::Tensor& x, const 
   return dots;
 }
 
+// Boxes are (y0, y1, x0, x1) half-open pixel ranges inside the image.
+void check_boxes(const at::Tensor& boxes, const char* name, int64_t batch, int64_t height, int64_t width) {
+  TORCH_CHECK(boxes.dim() == 2 && boxes.size(0) == batch && boxes.size(1) == 4, "mixkernels: ", name,
+              " must have shape (", batch, ", 4), got ", boxes.sizes());
+  TORCH_CHECK(boxes.scalar_type() == at::kLong && boxes.is_contiguous(), "mixkernels: ", name,
+              " must be a contiguous int64 tensor");
+  const int64_t* b = boxes.const_data_ptr<int64_t>();
+  for (int64_t i = 0; i < batch; ++i, b += 4) {
+    TORCH_CHECK_VALUE(0 <= b[0] && b[0] <= b[1] && b[1] <= height && 0 <= b[2] && b[2] <= b[3] && b[3] <= width,
+                      "mixkernels: ", name, "[", i, "] = (", b[0], ", ", b[1], ", ", b[2], ", ", b[3],
+                      ") is not a box (y0 <= y1 <= ", height, ", x0 <= x1 <= ", width, ")");
+  }
+}
+
+at::Tensor mix_images_cpu(const at::Tensor& x, const at::Tensor& src, const at::Tensor& w_self,
+                          const at::Tensor& w_src, const at::Tensor& box_self, const at::Tensor& box_src) {
+  check_cpu(x, "x");
+  TORCH_CHECK(x.dim() == 4, "mixkernels: x must be a (B, C, H, W) batch of images, got ", x.dim(), "-D");
+  const bool channels_last = !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  TORCH_CHECK(x.is_contiguous() || channels_last, "mixkernels: x must be contiguous or channels-last");
+  const int64_t batch = x.size(0), channels = x.size(1), height = x.size(2), width = x.size(3);
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf,
+              "mixkernels: x must be float32, bfloat16 or float16, got ", x.scalar_type());
+  TORCH_CHECK(batch > 0, "mixkernels: x must have a non-empty batch");
+  check_mix_row_vector(src, "src", batch, at::kLong, x, "x");
+  check_mix_row_vector(w_self, "w_self", batch, at::kFloat, x, "x");
+  check_mix_row_vector(w_src, "w_src", batch, at::kFloat, x, "x");
+  check_permutation(src);
+  check_boxes(box_self, "box_self", batch, height, width);
+  check_boxes(box_src, "box_src", batch, height, width);
+  at::Tensor out = empty_like_for_writing(x);
+  const int64_t lines = channels_last ? height : channels * height;
+  const int64_t inner = channels_last ? channels : 1;
+  MixImagesArgs args{x.const_data_ptr(), to_dtype(x.scalar_type()), batch, x.numel() / batch, lines,
+                     width * inner, height, inner, src.const_data_ptr<int64_t>(), w_self.const_data_ptr<float>(),
+                     w_src.const_data_ptr<float>(), box_self.const_data_ptr<int64_t>(),
+                     box_src.const_data_ptr<int64_t>(), out.mutable_data_ptr()};
+  MIXKERNELS_CPU_KERNEL(mix_images)(args);
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mixkernels, CPU, m) {
   m.impl("mix_rows", &mix_rows_cpu);
   m.impl("mix_rows_", &mix_rows_inplace_cpu);
   m.impl("mix_rows_dots", &mix_rows_dots_cpu);
+  m.impl("mix_images", &mix_images_cpu);
 }
 
 }  // namespace mixkernels::cpu

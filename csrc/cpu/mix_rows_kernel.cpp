@@ -41,6 +41,75 @@ inline void mix_span(T* dst, const T* own, const T* partner, int64_t len, float 
   }
 }
 
+// Like mix_span, but a term whose weight is exactly 0 is not read at all: a
+// pasted CutMix box is a copy of the partner, whatever the own pixels hold.
+template <typename T>
+inline void mix_span_skipping_zero(T* dst, const T* own, const T* partner, int64_t len, float w_self,
+                                   float w_src) {
+  if (w_self == 0.0f && w_src == 1.0f) {
+    std::copy(partner, partner + len, dst);
+  } else if (w_self == 1.0f && w_src == 0.0f) {
+    if (dst != own) std::copy(own, own + len, dst);
+  } else if (w_self == 0.0f && w_src == 0.0f) {
+    std::fill(dst, dst + len, static_cast<T>(0.0f));
+  } else if (w_self == 0.0f || w_src == 0.0f) {
+    const T* kept = w_self == 0.0f ? partner : own;
+    const float w = w_self == 0.0f ? w_src : w_self;
+    const Vec vw(w);
+    int64_t n = 0;
+    for (; n + kChunk <= len; n += kChunk) {
+      Vec lo, hi;
+      Chunk<T>::load(kept + n, lo, hi);
+      Chunk<T>::store(dst + n, lo * vw, hi * vw);
+    }
+    for (; n < len; ++n) dst[n] = static_cast<T>(w * to_float(kept[n]));
+  } else {
+    mix_span(dst, own, partner, len, w_self, w_src);
+  }
+}
+
+// The part [begin, end) of a line that a box covers (empty when the line's
+// image row is outside the box).
+inline void box_span(const int64_t* box, int64_t image_row, int64_t inner, int64_t line_length,
+                     int64_t& begin, int64_t& end) {
+  if (image_row < box[0] || image_row >= box[1] || box[2] >= box[3]) {
+    begin = end = 0;
+    return;
+  }
+  begin = std::min(box[2] * inner, line_length);
+  end = std::min(box[3] * inner, line_length);
+}
+
+template <typename T>
+void mix_images_typed(const MixImagesArgs& a) {
+  const T* x = static_cast<const T*>(a.x);
+  T* out = static_cast<T*>(a.out);
+  const int64_t len = a.line_length, out_sample_stride = a.lines * len;
+  const int64_t grain = std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(1, len));
+  at::parallel_for(0, a.batch * a.lines, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t i = task / a.lines, line = task % a.lines;
+      const int64_t image_row = line % a.height;
+      const T* own = x + i * a.sample_stride + line * len;
+      const T* partner = x + a.src[i] * a.sample_stride + line * len;
+      T* dst = out + i * out_sample_stride + line * len;
+      int64_t self_lo, self_hi, src_lo, src_hi;
+      box_span(a.box_self + 4 * i, image_row, a.inner, len, self_lo, self_hi);
+      box_span(a.box_src + 4 * i, image_row, a.inner, len, src_lo, src_hi);
+      // The line in pieces of constant weights, cut at both boxes' edges.
+      int64_t cuts[6] = {0, self_lo, self_hi, src_lo, src_hi, len};
+      std::sort(cuts, cuts + 6);
+      for (int k = 0; k + 1 < 6; ++k) {
+        const int64_t lo = cuts[k], hi = cuts[k + 1];
+        if (lo >= hi) continue;
+        const float w_own = (lo >= self_lo && lo < self_hi) ? 0.0f : a.w_self[i];
+        const float w_partner = (lo >= src_lo && lo < src_hi) ? 1.0f : a.w_src[i];
+        mix_span_skipping_zero(dst + lo, own + lo, partner + lo, hi - lo, w_own, w_partner);
+      }
+    }
+  });
+}
+
 template <typename T>
 void mix_rows_typed(const MixRowsArgs& a) {
   const T* x = static_cast<const T*>(a.x);
@@ -139,6 +208,10 @@ void mix_rows_inplace(const MixRowsInplaceArgs& args) {
 
 void mix_rows_dots(const MixRowsDotsArgs& args) {
   dispatch_dtype(args.dtype, [&](auto tag) { mix_rows_dots_typed<decltype(tag)>(args); });
+}
+
+void mix_images(const MixImagesArgs& args) {
+  dispatch_dtype(args.dtype, [&](auto tag) { mix_images_typed<decltype(tag)>(args); });
 }
 
 }  // namespace mixkernels::cpu::CPU_CAPABILITY

@@ -43,11 +43,28 @@ struct MixRowsDotsArgs {
   float* dots;  // (batch, 2)
 };
 
+// Images with boxes (mix_images in csrc/ops.cpp). A sample is `lines` lines
+// of `line_length` contiguous elements; line l holds image row l % height,
+// and pixel column w of that row spans elements [w * inner, (w + 1) * inner)
+// of the line (NCHW: lines = C * H, inner = 1; NHWC: lines = H, inner = C).
+struct MixImagesArgs {
+  const void* x;
+  Dtype dtype;
+  int64_t batch, sample_stride, lines, line_length, height, inner;
+  const int64_t* src;
+  const float* w_self;
+  const float* w_src;
+  const int64_t* box_self;  // (batch, 4): y0, y1, x0, x1
+  const int64_t* box_src;
+  void* out;  // same layout as x, samples packed (stride lines * line_length)
+};
+
 #define MIXKERNELS_DECLARE_MIX_ROWS_KERNELS(capability)      \
   namespace capability {                                     \
   void mix_rows(const MixRowsArgs& args);                    \
   void mix_rows_inplace(const MixRowsInplaceArgs& args);     \
   void mix_rows_dots(const MixRowsDotsArgs& args);           \
+  void mix_images(const MixImagesArgs& args);                \
   }
 
 MIXKERNELS_DECLARE_MIX_ROWS_KERNELS(DEFAULT)

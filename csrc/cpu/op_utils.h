@@ -62,13 +62,12 @@ inline at::native::CPUCapability kernel_capability() {
 // pages on the aligned interior of a large block cuts the faults 512-fold (the
 // allocator hands out fresh mmap-ed memory for blocks this large, so no other
 // tensor shares it).
-inline at::Tensor empty_for_writing(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor out = at::empty(sizes, options);
+inline void advise_huge_pages(const at::Tensor& fresh) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr uintptr_t kHugePage = uintptr_t{2} << 20;
-  const size_t bytes = out.nbytes();
+  const size_t bytes = fresh.nbytes();
   if (bytes >= 4 * kHugePage) {
-    const auto begin = reinterpret_cast<uintptr_t>(out.data_ptr());
+    const auto begin = reinterpret_cast<uintptr_t>(fresh.data_ptr());
     const uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1);
     const uintptr_t last = (begin + bytes) & ~(kHugePage - 1);
     if (last > first) {
@@ -77,6 +76,18 @@ inline at::Tensor empty_for_writing(at::IntArrayRef sizes, const at::TensorOptio
     }
   }
 #endif
+}
+
+inline at::Tensor empty_for_writing(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor out = at::empty(sizes, options);
+  advise_huge_pages(out);
+  return out;
+}
+
+// The same, with the shape, dtype and memory format (dense layout) of `like`.
+inline at::Tensor empty_like_for_writing(const at::Tensor& like) {
+  at::Tensor out = at::empty_like(like, at::MemoryFormat::Preserve);
+  advise_huge_pages(out);
   return out;
 }
 
