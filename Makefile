@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.14.1
 TRITON_VERSION ?= 3.8.*
 TORCH_CUDA_ARCH_LIST ?= 9.0
 MAX_JOBS ?= 2
-TEST_DEPS = "triton==$(TRITON_VERSION)" ninja pytest pytest-benchmark hypothesis numpy scikit-learn setuptools wheel
+TEST_DEPS = "triton==$(TRITON_VERSION)" ninja pytest pytest-benchmark hypothesis numpy scikit-learn timm setuptools wheel
 
 ifeq ($(PYTHON),)
 PY := .venv/bin/python

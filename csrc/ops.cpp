@@ -38,6 +38,9 @@ TORCH_LIBRARY(mixkernels, m) {
   // permutation and box_src = boxes[inv].
   m.def("mix_images(Tensor x, Tensor src, Tensor w_self, Tensor w_src, Tensor box_self, "
         "Tensor box_src) -> Tensor");
+  // The same, written into x; correct for any permutation (cycles included).
+  m.def("mix_images_(Tensor(a!) x, Tensor src, Tensor w_self, Tensor w_src, Tensor box_self, "
+        "Tensor box_src) -> ()");
   // Whether this build compiled the CUDA kernels (for mixkernels.backends()).
   m.def("built_with_cuda() -> bool", []() -> bool {
 #ifdef MIXKERNELS_WITH_CUDA

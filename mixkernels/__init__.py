@@ -8,6 +8,7 @@ plain-PyTorch specification in :mod:`mixkernels.reference`, and
 
 from mixkernels._backend import BackendStatus, backends
 from mixkernels.functional import MixedTargets, cutmix_batch, mix_batch, mixup_cross_entropy, soft_target_cross_entropy
+from mixkernels.mixup import Mixup, MixupParams
 from mixkernels.nn import MixupCrossEntropyLoss, SoftTargetCrossEntropy
 from mixkernels import reference
 
@@ -16,6 +17,8 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendStatus",
     "MixedTargets",
+    "Mixup",
+    "MixupParams",
     "MixupCrossEntropyLoss",
     "SoftTargetCrossEntropy",
     "backends",

@@ -7,10 +7,11 @@ This catches what the interpreter forgives (block shapes, dtype rules,
 unsupported ops) and spills that would make a kernel slow on the GPU.
 
 The kernels are compiled for every entry of each module's ``SHIPPED_CONFIGS``,
-every logits dtype (fp32, bf16, fp16) and every specialisation that
-``aot_cases`` lists (alignment of strides and C, C == 1, target dtype), all at
-once by a module fixture that spreads the compiles over the cores. Triton's
-on-disk cache makes later runs fast.
+every input dtype (fp32, bf16, fp16) and every specialisation that
+``aot_cases`` lists (alignment of strides and C or N, C == 1 or N == 1, target
+dtype), with the ``num_stages`` the launchers use, all at once by a module
+fixture that spreads the compiles over the cores. Triton's on-disk cache makes
+later runs fast.
 """
 
 from __future__ import annotations
@@ -22,12 +23,16 @@ triton = pytest.importorskip(
 torch = pytest.importorskip("torch")
 
 from mixkernels.triton import _aot  # noqa: E402
+from mixkernels.triton import mix_batch  # noqa: E402
 from mixkernels.triton import mixup_cross_entropy, soft_target_cross_entropy  # noqa: E402
 
 MODULES = {
     "mixup_cross_entropy": mixup_cross_entropy,
     "soft_target_cross_entropy": soft_target_cross_entropy,
+    "mix_batch": mix_batch,
 }
+# The cross-entropy modules choose their launch by the number of classes alone.
+CROSS_ENTROPY_MODULES = ["mixup_cross_entropy", "soft_target_cross_entropy"]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ARCHS = (80, 90)
 MAX_REGISTERS = 255
@@ -70,7 +75,8 @@ def compiled():
             keys.append(_key(*p.values))
             labels.append(case["label"])
             jobs.append(_aot.job(module.KERNELS[kernel_name], case["signature"],
-                                 case["constexprs"], num_warps, arch, attrs=case["attrs"]))
+                                 case["constexprs"], num_warps, arch, attrs=case["attrs"],
+                                 num_stages=case.get("num_stages", 3)))
     results = {}
     for key, label, result in zip(keys, labels, _aot.compile_many(jobs)):
         results.setdefault(key, []).append((label, result))
@@ -95,7 +101,7 @@ def test_shipped_config_compiles_without_spills(compiled, module_name, kernel_na
             f"shared memory over the sm_{arch} limit of {shared_limit} bytes in {where}"
 
 
-@pytest.mark.parametrize("module_name", list(MODULES))
+@pytest.mark.parametrize("module_name", CROSS_ENTROPY_MODULES)
 def test_launch_config_only_picks_shipped_configs(module_name):
     """The launchers never use a configuration the AOT test above did not compile."""
     module = MODULES[module_name]
@@ -110,3 +116,24 @@ def test_launch_config_only_picks_shipped_configs(module_name):
                     (module_name, kernel_name, num_classes, dtype, cfg)
     with pytest.raises(ValueError, match="unknown kernel"):
         module.launch_config("sideways", 10, torch.float32)
+
+
+def test_mix_batch_launch_config_only_picks_shipped_configs():
+    """mix_batch's launchers (tiles by N, or by B in place) use only compiled
+    configurations, and launch with the num_stages they were compiled with."""
+    shipped = {(kernel_name, tuple(sorted(constexprs.items())), num_warps)
+               for kernel_name, constexprs, num_warps in mix_batch.SHIPPED_CONFIGS}
+    sizes = (1, 2, 15, 16, 17, 37, 63, 64, 65, 127, 128, 129, 255, 256, 257, 1000, 1024, 1025,
+             4096, 150528, 2**20)
+    for kernel_name in mix_batch.KERNELS:
+        for n_rows in sizes:
+            for n_cols in sizes:
+                for dtype in DTYPES.values():
+                    cfg = dict(mix_batch.launch_config(kernel_name, n_rows, n_cols, dtype))
+                    num_warps, num_stages = cfg.pop("num_warps"), cfg.pop("num_stages")
+                    key = (kernel_name, tuple(sorted(cfg.items())), num_warps)
+                    assert key in shipped, (kernel_name, n_rows, n_cols, dtype, cfg)
+                    for case in mix_batch.aot_cases(kernel_name, cfg, dtype):
+                        assert case["num_stages"] == num_stages, (kernel_name, cfg)
+    with pytest.raises(ValueError, match="unknown kernel"):
+        mix_batch.launch_config("sideways", 10, 10, torch.float32)

@@ -28,6 +28,30 @@ void check_permutation(const at::Tensor& src) {
   }
 }
 
+// A permutation's cycles, each listed from its smallest row onwards: cycle k
+// is rows[offsets[k] : offsets[k + 1]], and src maps each row to the next.
+struct Cycles {
+  std::vector<int64_t> rows, offsets{0};
+  int64_t count() const { return static_cast<int64_t>(offsets.size()) - 1; }
+};
+
+Cycles permutation_cycles(const at::Tensor& src) {
+  const int64_t batch = src.size(0);
+  const int64_t* p = src.const_data_ptr<int64_t>();
+  Cycles cycles;
+  cycles.rows.reserve(static_cast<size_t>(batch));
+  std::vector<char> visited(static_cast<size_t>(batch), 0);
+  for (int64_t start = 0; start < batch; ++start) {
+    if (visited[start]) continue;
+    for (int64_t row = start; !visited[row]; row = p[row]) {
+      visited[row] = 1;
+      cycles.rows.push_back(row);
+    }
+    cycles.offsets.push_back(static_cast<int64_t>(cycles.rows.size()));
+  }
+  return cycles;
+}
+
 at::Tensor mix_rows_cpu(const at::Tensor& x, const at::Tensor& src, const at::Tensor& w_self,
                         const at::Tensor& w_src) {
   check_cpu(x, "x");
@@ -49,22 +73,10 @@ void mix_rows_inplace_cpu(const at::Tensor& x, const at::Tensor& src, const at::
   check_mix_rows_inplace_target(x);
   check_permutation(src);
   const int64_t batch = x.size(0);
-  // The permutation's cycles, each listed from its smallest row onwards.
-  const int64_t* p = src.const_data_ptr<int64_t>();
-  std::vector<int64_t> cycles, offsets{0};
-  cycles.reserve(static_cast<size_t>(batch));
-  std::vector<char> visited(static_cast<size_t>(batch), 0);
-  for (int64_t start = 0; start < batch; ++start) {
-    if (visited[start]) continue;
-    for (int64_t row = start; !visited[row]; row = p[row]) {
-      visited[row] = 1;
-      cycles.push_back(row);
-    }
-    offsets.push_back(static_cast<int64_t>(cycles.size()));
-  }
+  const Cycles cycles = permutation_cycles(src);
   MixRowsInplaceArgs args{x.mutable_data_ptr(), to_dtype(x.scalar_type()), batch, x.size(1), x.stride(0),
-                          w_self.const_data_ptr<float>(), w_src.const_data_ptr<float>(), cycles.data(),
-                          offsets.data(), static_cast<int64_t>(offsets.size()) - 1};
+                          w_self.const_data_ptr<float>(), w_src.const_data_ptr<float>(), cycles.rows.data(),
+                          cycles.offsets.data(), cycles.count()};
   MIXKERNELS_CPU_KERNEL(mix_rows_inplace)(args);
 }
 
@@ -94,15 +106,21 @@ void check_boxes(const at::Tensor& boxes, const char* name, int64_t batch, int64
   }
 }
 
-at::Tensor mix_images_cpu(const at::Tensor& x, const at::Tensor& src, const at::Tensor& w_self,
-                          const at::Tensor& w_src, const at::Tensor& box_self, const at::Tensor& box_src) {
+// How the kernels see a (B, C, H, W) batch: each image is `lines` lines of
+// `line_length` contiguous elements (NCHW: C * H lines of W; NHWC: H lines of W * C).
+struct ImageLayout {
+  int64_t batch, sample_stride, lines, line_length, height, inner;
+};
+
+ImageLayout check_images(const at::Tensor& x, const at::Tensor& src, const at::Tensor& w_self,
+                         const at::Tensor& w_src, const at::Tensor& box_self, const at::Tensor& box_src) {
   check_cpu(x, "x");
   TORCH_CHECK(x.dim() == 4, "mixkernels: x must be a (B, C, H, W) batch of images, got ", x.dim(), "-D");
   const bool channels_last = !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
   TORCH_CHECK(x.is_contiguous() || channels_last, "mixkernels: x must be contiguous or channels-last");
-  const int64_t batch = x.size(0), channels = x.size(1), height = x.size(2), width = x.size(3);
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf,
               "mixkernels: x must be float32, bfloat16 or float16, got ", x.scalar_type());
+  const int64_t batch = x.size(0), channels = x.size(1), height = x.size(2), width = x.size(3);
   TORCH_CHECK(batch > 0, "mixkernels: x must have a non-empty batch");
   check_mix_row_vector(src, "src", batch, at::kLong, x, "x");
   check_mix_row_vector(w_self, "w_self", batch, at::kFloat, x, "x");
@@ -110,15 +128,32 @@ at::Tensor mix_images_cpu(const at::Tensor& x, const at::Tensor& src, const at::
   check_permutation(src);
   check_boxes(box_self, "box_self", batch, height, width);
   check_boxes(box_src, "box_src", batch, height, width);
-  at::Tensor out = empty_like_for_writing(x);
-  const int64_t lines = channels_last ? height : channels * height;
   const int64_t inner = channels_last ? channels : 1;
-  MixImagesArgs args{x.const_data_ptr(), to_dtype(x.scalar_type()), batch, x.numel() / batch, lines,
-                     width * inner, height, inner, src.const_data_ptr<int64_t>(), w_self.const_data_ptr<float>(),
+  return {batch, channels * height * width, channels_last ? height : channels * height, width * inner, height, inner};
+}
+
+at::Tensor mix_images_cpu(const at::Tensor& x, const at::Tensor& src, const at::Tensor& w_self,
+                          const at::Tensor& w_src, const at::Tensor& box_self, const at::Tensor& box_src) {
+  const ImageLayout l = check_images(x, src, w_self, w_src, box_self, box_src);
+  at::Tensor out = empty_like_for_writing(x);
+  MixImagesArgs args{x.const_data_ptr(), to_dtype(x.scalar_type()), l.batch, l.sample_stride, l.lines,
+                     l.line_length, l.height, l.inner, src.const_data_ptr<int64_t>(), w_self.const_data_ptr<float>(),
                      w_src.const_data_ptr<float>(), box_self.const_data_ptr<int64_t>(),
                      box_src.const_data_ptr<int64_t>(), out.mutable_data_ptr()};
   MIXKERNELS_CPU_KERNEL(mix_images)(args);
   return out;
+}
+
+void mix_images_inplace_cpu(const at::Tensor& x, const at::Tensor& src, const at::Tensor& w_self,
+                            const at::Tensor& w_src, const at::Tensor& box_self, const at::Tensor& box_src) {
+  const ImageLayout l = check_images(x, src, w_self, w_src, box_self, box_src);
+  const Cycles cycles = permutation_cycles(src);
+  MixImagesInplaceArgs args{x.mutable_data_ptr(), to_dtype(x.scalar_type()), l.batch, l.sample_stride, l.lines,
+                            l.line_length, l.height, l.inner, w_self.const_data_ptr<float>(),
+                            w_src.const_data_ptr<float>(), box_self.const_data_ptr<int64_t>(),
+                            box_src.const_data_ptr<int64_t>(), cycles.rows.data(), cycles.offsets.data(),
+                            cycles.count()};
+  MIXKERNELS_CPU_KERNEL(mix_images_inplace)(args);
 }
 
 }  // namespace
@@ -128,6 +163,7 @@ TORCH_LIBRARY_IMPL(mixkernels, CPU, m) {
   m.impl("mix_rows_", &mix_rows_inplace_cpu);
   m.impl("mix_rows_dots", &mix_rows_dots_cpu);
   m.impl("mix_images", &mix_images_cpu);
+  m.impl("mix_images_", &mix_images_inplace_cpu);
 }
 
 }  // namespace mixkernels::cpu

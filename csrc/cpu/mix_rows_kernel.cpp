@@ -10,7 +10,10 @@
 
 #include <ATen/Parallel.h>
 
+#include <c10/util/Exception.h>
+
 #include <algorithm>
+#include <cstdlib>
 
 #include "cpu/vec_utils.h"
 #include "mixkernels/mix_math.h"
@@ -34,7 +37,8 @@ inline void mix_span(T* dst, const T* own, const T* partner, int64_t len, float 
     Vec a_lo, a_hi, b_lo, b_hi;
     Chunk<T>::load(own + n, a_lo, a_hi);
     Chunk<T>::load(partner + n, b_lo, b_hi);
-    Chunk<T>::store(dst + n, at::vec::fmadd(a_lo, vs, b_lo * vp), at::vec::fmadd(a_hi, vs, b_hi * vp));
+    // Two products, then a sum, as eager PyTorch rounds it (no fused multiply-add).
+    Chunk<T>::store(dst + n, a_lo * vs + b_lo * vp, a_hi * vs + b_hi * vp);
   }
   for (; n < len; ++n) {
     dst[n] = static_cast<T>(mix_element(to_float(own[n]), to_float(partner[n]), w_self, w_src));
@@ -80,6 +84,25 @@ inline void box_span(const int64_t* box, int64_t image_row, int64_t inner, int64
   end = std::min(box[3] * inner, line_length);
 }
 
+// One line of image i: pieces of constant weights, cut at both boxes' edges.
+// dst may be own (in place); partner must not be dst.
+template <typename T>
+inline void mix_image_line(T* dst, const T* own, const T* partner, int64_t len, int64_t image_row, int64_t inner,
+                           const int64_t* box_self, const int64_t* box_src, float w_self, float w_src) {
+  int64_t self_lo, self_hi, src_lo, src_hi;
+  box_span(box_self, image_row, inner, len, self_lo, self_hi);
+  box_span(box_src, image_row, inner, len, src_lo, src_hi);
+  int64_t cuts[6] = {0, self_lo, self_hi, src_lo, src_hi, len};
+  std::sort(cuts, cuts + 6);
+  for (int k = 0; k + 1 < 6; ++k) {
+    const int64_t lo = cuts[k], hi = cuts[k + 1];
+    if (lo >= hi) continue;
+    const float w_own = (lo >= self_lo && lo < self_hi) ? 0.0f : w_self;
+    const float w_partner = (lo >= src_lo && lo < src_hi) ? 1.0f : w_src;
+    mix_span_skipping_zero(dst + lo, own + lo, partner + lo, hi - lo, w_own, w_partner);
+  }
+}
+
 template <typename T>
 void mix_images_typed(const MixImagesArgs& a) {
   const T* x = static_cast<const T*>(a.x);
@@ -89,24 +112,40 @@ void mix_images_typed(const MixImagesArgs& a) {
   at::parallel_for(0, a.batch * a.lines, grain, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t i = task / a.lines, line = task % a.lines;
+      mix_image_line(out + i * out_sample_stride + line * len, x + i * a.sample_stride + line * len,
+                     x + a.src[i] * a.sample_stride + line * len, len, line % a.height, a.inner,
+                     a.box_self + 4 * i, a.box_src + 4 * i, a.w_self[i], a.w_src[i]);
+    }
+  });
+}
+
+// In place: each task walks every permutation cycle on its lines, keeping the
+// cycle's first line aside (see mix_rows_inplace_typed).
+template <typename T>
+void mix_images_inplace_typed(const MixImagesInplaceArgs& a) {
+  T* x = static_cast<T*>(a.x);
+  const int64_t len = a.line_length;
+  const int64_t grain = std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(1, len * a.batch));
+  at::parallel_for(0, a.lines, grain, [&](int64_t line_begin, int64_t line_end) {
+    // A plain buffer: no container templates in per-capability code.
+    T* first_line = static_cast<T*>(std::malloc(static_cast<size_t>(len) * sizeof(T)));
+    TORCH_INTERNAL_ASSERT(first_line != nullptr, "mixkernels: out of memory for one image line");
+    for (int64_t line = line_begin; line < line_end; ++line) {
       const int64_t image_row = line % a.height;
-      const T* own = x + i * a.sample_stride + line * len;
-      const T* partner = x + a.src[i] * a.sample_stride + line * len;
-      T* dst = out + i * out_sample_stride + line * len;
-      int64_t self_lo, self_hi, src_lo, src_hi;
-      box_span(a.box_self + 4 * i, image_row, a.inner, len, self_lo, self_hi);
-      box_span(a.box_src + 4 * i, image_row, a.inner, len, src_lo, src_hi);
-      // The line in pieces of constant weights, cut at both boxes' edges.
-      int64_t cuts[6] = {0, self_lo, self_hi, src_lo, src_hi, len};
-      std::sort(cuts, cuts + 6);
-      for (int k = 0; k + 1 < 6; ++k) {
-        const int64_t lo = cuts[k], hi = cuts[k + 1];
-        if (lo >= hi) continue;
-        const float w_own = (lo >= self_lo && lo < self_hi) ? 0.0f : a.w_self[i];
-        const float w_partner = (lo >= src_lo && lo < src_hi) ? 1.0f : a.w_src[i];
-        mix_span_skipping_zero(dst + lo, own + lo, partner + lo, hi - lo, w_own, w_partner);
+      for (int64_t k = 0; k < a.num_cycles; ++k) {
+        const int64_t* cycle = a.cycles + a.cycle_offsets[k];
+        const int64_t length = a.cycle_offsets[k + 1] - a.cycle_offsets[k];
+        auto line_of = [&](int64_t i) { return x + i * a.sample_stride + line * len; };
+        auto mix_row = [&](int64_t i, const T* partner) {
+          mix_image_line(line_of(i), line_of(i), partner, len, image_row, a.inner, a.box_self + 4 * i,
+                         a.box_src + 4 * i, a.w_self[i], a.w_src[i]);
+        };
+        std::copy(line_of(cycle[0]), line_of(cycle[0]) + len, first_line);
+        for (int64_t j = 0; j + 1 < length; ++j) mix_row(cycle[j], line_of(cycle[j + 1]));
+        mix_row(cycle[length - 1], first_line);
       }
     }
+    std::free(first_line);
   });
 }
 
@@ -212,6 +251,10 @@ void mix_rows_dots(const MixRowsDotsArgs& args) {
 
 void mix_images(const MixImagesArgs& args) {
   dispatch_dtype(args.dtype, [&](auto tag) { mix_images_typed<decltype(tag)>(args); });
+}
+
+void mix_images_inplace(const MixImagesInplaceArgs& args) {
+  dispatch_dtype(args.dtype, [&](auto tag) { mix_images_inplace_typed<decltype(tag)>(args); });
 }
 
 }  // namespace mixkernels::cpu::CPU_CAPABILITY

@@ -59,12 +59,28 @@ struct MixImagesArgs {
   void* out;  // same layout as x, samples packed (stride lines * line_length)
 };
 
+// The same written into x (out = x), walking the permutation's cycles as
+// MixRowsInplaceArgs describes them.
+struct MixImagesInplaceArgs {
+  void* x;
+  Dtype dtype;
+  int64_t batch, sample_stride, lines, line_length, height, inner;
+  const float* w_self;
+  const float* w_src;
+  const int64_t* box_self;
+  const int64_t* box_src;
+  const int64_t* cycles;
+  const int64_t* cycle_offsets;
+  int64_t num_cycles;
+};
+
 #define MIXKERNELS_DECLARE_MIX_ROWS_KERNELS(capability)      \
   namespace capability {                                     \
   void mix_rows(const MixRowsArgs& args);                    \
   void mix_rows_inplace(const MixRowsInplaceArgs& args);     \
   void mix_rows_dots(const MixRowsDotsArgs& args);           \
   void mix_images(const MixImagesArgs& args);                \
+  void mix_images_inplace(const MixImagesInplaceArgs& args); \
   }
 
 MIXKERNELS_DECLARE_MIX_ROWS_KERNELS(DEFAULT)

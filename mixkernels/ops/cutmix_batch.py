@@ -40,8 +40,13 @@ def _backward(ctx, grad):
     return grad_x, None, None, None, None, None
 
 
+def _fake_mix_images_inplace(x, src, w_self, w_src, box_self, box_src):
+    return None
+
+
 if _backend.extension_loaded():
     torch.library.register_fake(CPP_OP)(_fake_mix_images)
+    torch.library.register_fake(CPP_OP + "_")(_fake_mix_images_inplace)
     torch.library.register_autograd(CPP_OP, _backward, setup_context=_setup_context)
 
 
@@ -52,3 +57,13 @@ def mix_images(x: torch.Tensor, src: torch.Tensor, w_self: torch.Tensor, w_src: 
         return torch.ops.mixkernels.mix_images(x, src, w_self, w_src, box_self, box_src)
     raise RuntimeError(f"cutmix_batch has no {backend!r} kernel yet: its kernels exist for backend 'cpu', "
                        "and backend 'torch' runs the reference anywhere")
+
+
+def mix_images_inplace(x: torch.Tensor, src: torch.Tensor, w_self: torch.Tensor, w_src: torch.Tensor,
+                       box_self: torch.Tensor, box_src: torch.Tensor, backend: str) -> None:
+    """Image mixing with boxes written into x, correct for any permutation."""
+    if backend == "cpu":
+        torch.ops.mixkernels.mix_images_(x, src, w_self, w_src, box_self, box_src)
+        return
+    raise RuntimeError(f"in-place image mixing has no {backend!r} kernel yet: its kernels exist for backend "
+                       "'cpu', and backend 'torch' runs the reference anywhere")
