@@ -76,20 +76,28 @@ def backends() -> dict[str, BackendStatus]:
     return {name: _status(name) for name in BACKENDS}
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The backend that runs an op on tensors of ``device``, or a clear error."""
+def resolve_backend(backend: str, device: torch.device, *, op: str = "this op",
+                    implemented=("cpu", "triton", "cuda")) -> str:
+    """The backend that runs ``op`` on tensors of ``device``, or a clear error.
+
+    ``implemented``: the compiled backends that have kernels for ``op``
+    ("torch" always works); "auto" picks among them.
+    """
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a string, got {type(backend).__name__}")
     if backend == "auto":
         backend = os.environ.get(ENV_VAR, "auto") or "auto"
         if backend == "auto":
-            return _auto_backend(device)
+            return _auto_backend(device, implemented)
         where = f" (from {ENV_VAR})"
     else:
         where = ""
     status = _status(backend)  # raises on an unknown name
     if not status.usable:
         raise RuntimeError(f"backend {backend!r}{where} is not usable: {status.reason}")
+    if backend != "torch" and backend not in implemented:
+        raise RuntimeError(f"{op} has no {backend!r} kernels yet; it runs on "
+                           f"{', '.join(repr(b) for b in ('torch', *implemented))}")
     if backend == "cpu" and device.type != "cpu":
         raise ValueError(f"backend 'cpu'{where} runs on CPU tensors, got tensors on {device}")
     if backend == "cuda" and device.type != "cuda":
@@ -100,13 +108,13 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-def _auto_backend(device: torch.device) -> str:
+def _auto_backend(device: torch.device, implemented) -> str:
     if device.type == "cuda":
         # The CUDA kernels need no JIT warm-up; Triton is the other compiled path.
         for name in ("cuda", "triton"):
-            if _status(name).usable:
+            if name in implemented and _status(name).usable:
                 return name
         return "torch"
-    if device.type == "cpu" and extension_loaded():
+    if device.type == "cpu" and "cpu" in implemented and extension_loaded():
         return "cpu"
     return "torch"

@@ -13,7 +13,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from mixkernels import _backend, _validation, reference
-from mixkernels.ops.cutmix_batch import mix_images
+from mixkernels.ops.cutmix_batch import MIX_IMAGES_BACKENDS, mix_images
 from mixkernels.ops.mix_batch import mix_rows, mix_rows_inplace
 from mixkernels.ops.mixup_cross_entropy import mixup_cross_entropy_rows
 from mixkernels.ops.soft_target_cross_entropy import soft_target_cross_entropy_rows
@@ -176,7 +176,8 @@ def cutmix_batch(x: torch.Tensor, perm: torch.Tensor, boxes: torch.Tensor, *, ba
         perm: (B,) permutation: image ``i`` takes its box from image ``perm[i]``.
         boxes: (B, 4) integer boxes ``(y0, y1, x0, x1)`` in pixels, half-open:
             rows ``y0 <= h < y1`` and columns ``x0 <= w < x1``, inside the image.
-        backend: ``"auto"``, ``"torch"`` or ``"cpu"`` (GPU kernels are not built yet).
+        backend: ``"auto"``, ``"torch"`` or a compiled backend with kernels for
+            this op (``mixkernels.ops.cutmix_batch.MIX_IMAGES_BACKENDS``).
 
     Returns ``(mixed, lam)``: lam[i] = 1 - box area / image area (fp32), the
     weight of image i's own label. Gradient to x.
@@ -187,7 +188,7 @@ def cutmix_batch(x: torch.Tensor, perm: torch.Tensor, boxes: torch.Tensor, *, ba
     batch, _, height, width = x.shape
     _validation.check_permutation(perm, "perm", batch, x.device)
     _validation.check_boxes(boxes, "boxes", batch, height, width, x.device)
-    backend = _backend.resolve_backend(backend, x.device)
+    backend = _backend.resolve_backend(backend, x.device, op="cutmix_batch", implemented=MIX_IMAGES_BACKENDS)
     if backend == "torch":
         return reference.cutmix_batch(x, perm, boxes)
     if x.dtype == torch.float64:

@@ -29,8 +29,8 @@ import torch
 
 from mixkernels import _backend, _validation, reference
 from mixkernels.functional import MixedTargets
-from mixkernels.ops.cutmix_batch import mix_images_inplace
-from mixkernels.ops.mix_batch import mix_rows_inplace
+from mixkernels.ops.cutmix_batch import MIX_IMAGES_BACKENDS, mix_images_inplace
+from mixkernels.ops.mix_batch import MIX_ROWS_BACKENDS, mix_rows_inplace
 
 __all__ = ["Mixup", "MixupParams"]
 
@@ -235,7 +235,8 @@ class Mixup:
         _validation.check_batch(x)
         batch = x.shape[0]
         device = x.device
-        backend = _backend.resolve_backend(self.backend, device)
+        backend = _backend.resolve_backend(self.backend, device, op="Mixup",
+                                           implemented=MIX_IMAGES_BACKENDS if x.dim() == 4 else MIX_ROWS_BACKENDS)
         perm = params.perm.to(torch.int64).contiguous()
         w_self, w_src = self._weights(params, batch, device)
         has_cutmix = bool(self.cutmix_alpha > 0.)

@@ -15,6 +15,8 @@ import torch
 from mixkernels import _backend
 
 CPP_OP = "mixkernels::mix_images"
+# The compiled backends with image-mixing kernels (cutmix_batch, Mixup).
+MIX_IMAGES_BACKENDS = ("cpu",)
 
 
 def _fake_mix_images(x, src, w_self, w_src, box_self, box_src):

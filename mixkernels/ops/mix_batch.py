@@ -27,6 +27,8 @@ import torch
 from mixkernels import _backend
 
 CPP_OP = "mixkernels::mix_rows"
+# The compiled backends with row-mixing kernels.
+MIX_ROWS_BACKENDS = ("cpu", "triton", "cuda")
 TRITON_OP = "mixkernels::mix_rows_triton"
 
 
