@@ -11,7 +11,14 @@ shapes that exercise each launch path of ``csrc/cuda/cross_entropy_kernel.cu``:
 every forward row-group size (warp per row up to C = 1024, then 128 ... 1024
 threads per row), rows whose start is not 16-byte aligned (a column slice),
 C = 1, more rows than one grid dimension holds, rows of -inf, y_a == y_b,
-and a bf16/fp16 logits with fp32 target.
+and a bf16/fp16 logits with fp32 target; and the row-mixing ops of
+``csrc/cuda/mix_rows_kernel.cu`` (mix_rows, mix_rows_, mix_rows_dots) against
+``reference.mix_batch`` and plain torch: contiguous rows, rows offset from
+16-byte alignment with an aligned stride, rows of odd stride (each row
+misaligned differently), permutations with cycles, the in-place op's strip
+kernel (shared memory within the default 48 KiB, beyond it by opt-in) and its
+temporary-batch fallback (B too tall for shared memory), the split-N dots,
+more rows than one grid dimension holds and more than 2^31 elements.
 """
 
 from __future__ import annotations
@@ -33,7 +40,18 @@ KERNEL_FAMILIES = (
     "mixup_ce_backward_kernel",
     "soft_target_ce_forward_kernel",
     "soft_target_ce_backward_kernel",
+    "mix_rows_kernel",
+    "mix_rows_inplace_kernel",
+    "mix_rows_dots_kernel",
+    "mix_rows_dots_sum_kernel",
 )
+
+
+def _has_kernel(mangled_name: str, family: str) -> bool:
+    """Whether a mangled kernel name is of `family`: Itanium mangling writes a
+    name as <length><name>, so "15mix_rows_kernel" cannot match the
+    "..._mix_rows_kernel_cu_..." that every kernel of that file carries."""
+    return f"{len(family)}{family}" in mangled_name
 
 
 def _built_with_cuda() -> bool:
@@ -98,7 +116,7 @@ def test_every_cuda_kernel_is_built_without_spills():
     for arch in {arch for arch, _, _ in rows}:
         names = [name for a, name, _ in rows if a == arch]
         for family in KERNEL_FAMILIES:
-            assert any(family in name for name in names), f"{family} missing for {arch}"
+            assert any(_has_kernel(name, family) for name in names), f"{family} missing for {arch}"
     bad = [(arch, name, usage) for arch, name, usage in rows
            if usage["stack"] != 0 or usage["local"] != 0]
     assert not bad, "kernels with stack or local memory (spills):\n" + "\n".join(
@@ -109,7 +127,8 @@ def test_cuda_kernels_are_registered():
     if not _built_with_cuda():
         pytest.skip("extension built without CUDA")
     for op in ("mixup_cross_entropy", "mixup_cross_entropy_backward",
-               "soft_target_cross_entropy", "soft_target_cross_entropy_backward"):
+               "soft_target_cross_entropy", "soft_target_cross_entropy_backward",
+               "mix_rows", "mix_rows_", "mix_rows_dots"):
         dump = torch._C._dispatch_dump(f"mixkernels::{op}")
         assert re.search(r"^CUDA: registered", dump, re.MULTILINE), dump
 
@@ -229,3 +248,181 @@ def test_cuda_non_finite_rows_follow_the_reference():
     _check_close(loss, ref, 1e-5, 1e-5, "loss")
     assert lse[0].item() == float("-inf")
     assert torch.isnan(lse[1])
+
+
+# ---------------------------------------------------------------------------
+# On a GPU: the row-mixing ops.
+
+MIX_BATCHES = (1, 3, 37)
+MIX_COLUMNS = (1, 31, 1000)
+# contiguous; "offset": rows start 1 element past 16-byte alignment with a
+# stride that keeps every row alike (vector path after a scalar head);
+# "odd-stride": a column slice of a (B, N + 1) base, rows misaligned
+# differently (scalar path).
+MIX_LAYOUTS = ("contiguous", "offset", "odd-stride")
+
+
+def _mix_input(batch, num_columns, dtype, layout):
+    """(base, x): x (B, N) on the GPU in `layout`, a view into base."""
+    vec = 16 // torch.empty((), dtype=dtype).element_size()
+    if layout == "contiguous":
+        base = torch.randn(batch, num_columns, device="cuda").to(dtype)
+        return base, base
+    if layout == "offset":
+        stride = -(-(num_columns + 1) // vec) * vec
+    else:
+        stride = num_columns + 1
+    base = torch.randn(batch, stride, device="cuda").to(dtype)
+    return base, base[:, 1:num_columns + 1]
+
+
+def _perm_with_cycle(batch):
+    """A permutation of range(B) whose first rows form a 3-cycle (0 -> 1 -> 2 -> 0)."""
+    if batch < 3:
+        return torch.arange(batch, device="cuda").roll(1)
+    rest = torch.randperm(batch - 3, device="cuda") + 3
+    return torch.cat([torch.tensor([1, 2, 0], device="cuda"), rest])
+
+
+def _mix_weights(batch):
+    lam = torch.rand(batch, device="cuda")
+    return lam, 1.0 - lam
+
+
+def _expected_dots(grad, x, src):
+    g, xd = grad.double(), x.double()
+    return torch.stack([(g * xd).sum(1), (g * xd[src]).sum(1)], 1)
+
+
+def _check_dots(actual, grad, x, src):
+    assert actual.dtype == torch.float32 and actual.shape == (x.shape[0], 2)
+    expected = _expected_dots(grad, x, src)
+    # fp32 accumulation: error bounded by a few ulps of the sum of |terms|.
+    g, xd = grad.double().abs(), x.double().abs()
+    scale = torch.stack([(g * xd).sum(1), (g * xd[src]).sum(1)], 1)
+    assert torch.all((actual.double() - expected).abs() <= 1e-5 * scale + 1e-6), (
+        actual, expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("batch", MIX_BATCHES)
+@pytest.mark.parametrize("num_columns", MIX_COLUMNS)
+@pytest.mark.parametrize("layout", MIX_LAYOUTS)
+def test_mix_rows_cuda_paths(dtype, batch, num_columns, layout):
+    base, x = _mix_input(batch, num_columns, dtype, layout)
+    src = _perm_with_cycle(batch)
+    w_self, w_src = _mix_weights(batch)
+    expected = reference.mix_batch(x, src, w_self)
+
+    out = torch.ops.mixkernels.mix_rows(x, src, w_self, w_src)
+    assert out.dtype == dtype and out.shape == x.shape and out.is_contiguous()
+    torch.testing.assert_close(out, expected)
+
+    # In place: the same values, nothing outside x's columns touched.
+    base_before = base.clone()
+    torch.ops.mixkernels.mix_rows_(x, src, w_self, w_src)
+    torch.testing.assert_close(x, expected)
+    if layout != "contiguous":
+        assert torch.equal(base[:, 0], base_before[:, 0])
+        assert torch.equal(base[:, num_columns + 1:], base_before[:, num_columns + 1:])
+
+    x_before = base_before if layout == "contiguous" else base_before[:, 1:num_columns + 1]
+    grad = torch.randn(batch, num_columns, device="cuda").to(dtype)
+    _check_dots(torch.ops.mixkernels.mix_rows_dots(grad, x_before, src), grad, x_before, src)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("batch", (2049, 4096, 20000),
+                         ids=("strip-over-32KiB", "strip-opt-in-shared", "temporary-batch"))
+def test_mix_rows_inplace_tall_batches(dtype, batch):
+    """B * 16 bytes beyond the strip budget (one vector per row), beyond 48 KiB
+    (opt-in shared memory), beyond the device's shared memory (temporary batch)."""
+    num_columns = 37
+    base, x = _mix_input(batch, num_columns, dtype, "offset")
+    src = torch.randperm(batch, device="cuda")
+    w_self, w_src = _mix_weights(batch)
+    expected = reference.mix_batch(x, src, w_self)
+    base_before = base.clone()
+    torch.ops.mixkernels.mix_rows_(x, src, w_self, w_src)
+    torch.testing.assert_close(x, expected)
+    assert torch.equal(base[:, 0], base_before[:, 0])
+    assert torch.equal(base[:, num_columns + 1:], base_before[:, num_columns + 1:])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", ((1, 100_000), (3, 70_001), (37, 9000), (1100, 9000)),
+                         ids=lambda s: f"B{s[0]}-N{s[1]}")
+@pytest.mark.parametrize("layout", MIX_LAYOUTS)
+def test_mix_rows_dots_split_paths(dtype, shape, layout):
+    """Split-N partial sums (B small, N large) and a block per row; bitwise repeatable."""
+    batch, num_columns = shape
+    _, x = _mix_input(batch, num_columns, dtype, layout)
+    _, grad = _mix_input(batch, num_columns, dtype, "contiguous")
+    src = _perm_with_cycle(batch)
+    dots = torch.ops.mixkernels.mix_rows_dots(grad, x, src)
+    _check_dots(dots, grad, x, src)
+    assert torch.equal(dots, torch.ops.mixkernels.mix_rows_dots(grad, x, src))
+
+
+@pytest.mark.gpu
+def test_mix_rows_rows_beyond_one_grid_dimension():
+    batch = 65535 * 256 + 77
+    x = torch.randn(batch, 1, device="cuda")
+    src = torch.randperm(batch, device="cuda")
+    w_self, w_src = _mix_weights(batch)
+    expected = reference.mix_batch(x, src, w_self)
+    torch.testing.assert_close(torch.ops.mixkernels.mix_rows(x, src, w_self, w_src), expected)
+    grad = torch.randn(batch, 1, device="cuda")
+    _check_dots(torch.ops.mixkernels.mix_rows_dots(grad, x, src), grad, x, src)
+    torch.ops.mixkernels.mix_rows_(x, src, w_self, w_src)  # the temporary-batch path
+    torch.testing.assert_close(x, expected)
+
+
+@pytest.mark.gpu
+def test_mix_rows_bad_partner_index_gives_nan_rows():
+    """src is not validated on the GPU: an index outside [0, B) gives NaN, never a stray read."""
+    x = torch.randn(3, 40, device="cuda")
+    src = torch.tensor([7, 0, -1], device="cuda")
+    w_self, w_src = _mix_weights(3)
+    out = torch.ops.mixkernels.mix_rows(x, src, w_self, w_src)
+    assert torch.isnan(out[0]).all() and torch.isnan(out[2]).all()
+    torch.testing.assert_close(out[1], w_self[1] * x[1] + w_src[1] * x[0])
+    dots = torch.ops.mixkernels.mix_rows_dots(x, x, src)
+    assert torch.isnan(dots[0, 1]) and not torch.isnan(dots[0, 0])
+
+
+@pytest.mark.gpu
+def test_mix_rows_beyond_2_to_the_31_elements():
+    """B * N > 2^31 (bf16): offsets must be 64-bit. Checks the first and last columns."""
+    free, _ = torch.cuda.mem_get_info()
+    batch, num_columns = 3, 2**30 + 5
+    if free < 4 * batch * num_columns * 2:
+        pytest.skip("needs about 26 GB of free GPU memory")
+    x = torch.empty(batch, num_columns, device="cuda", dtype=torch.bfloat16)
+    x[:, :1000].normal_()
+    x[:, -1000:].normal_()
+    x[:, 1000:-1000].fill_(1.0)
+    src = torch.tensor([2, 0, 1], device="cuda")
+    w_self, w_src = _mix_weights(batch)
+    edges = (slice(0, 1000), slice(num_columns - 1000, num_columns))
+
+    out = torch.ops.mixkernels.mix_rows(x, src, w_self, w_src)
+    for cols in edges:
+        torch.testing.assert_close(out[:, cols], reference.mix_batch(x[:, cols], src, w_self))
+    del out
+
+    grad = torch.ones_like(x)
+    dots = torch.ops.mixkernels.mix_rows_dots(grad, x, src)
+    inner = float(num_columns - 2000)
+    expected = torch.stack([x[:, cols].double().sum(1) for cols in edges]).sum(0) + inner
+    torch.testing.assert_close(dots[:, 0].double(), expected, rtol=1e-5, atol=1e-2)
+    torch.testing.assert_close(dots[:, 1].double(), expected[src], rtol=1e-5, atol=1e-2)
+    del grad
+
+    before = [x[:, cols].clone() for cols in edges]
+    torch.ops.mixkernels.mix_rows_(x, src, w_self, w_src)
+    for cols, old in zip(edges, before):
+        torch.testing.assert_close(x[:, cols], reference.mix_batch(old, src, w_self))

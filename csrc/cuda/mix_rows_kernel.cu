@@ -27,10 +27,13 @@
 //   temporary batch is needed. A strip is 2^k 16-byte vectors per row:
 //   the widest that keeps B * strip within 32 KiB of shared memory while
 //   leaving at least 2 strips per SM. When even one vector per row does not
-//   fit (B * 16 bytes beyond the device's opt-in shared memory per block:
-//   B > ~14.5k on H100, ~10.4k on A100), the GPU in-place path uses a
+//   fit the budget (B > 2048) the strip is one vector per row and the block
+//   takes B * 16 bytes, opting in to more than 48 KiB where needed. When even
+//   that does not fit (B * 16 bytes beyond the device's opt-in shared memory
+//   per block: B > ~14.5k on H100, ~10.4k on A100), the GPU in-place path uses a
 //   temporary batch: mix_rows into the caller's workspace, then a 2-D
-//   device-to-device copy back into x.
+//   device-to-device copy back into x. Rows whose starts differ in 16-byte
+//   misalignment (an odd row stride) move slot by slot element-wise.
 //
 // mix_rows_dots: [i, 0] = <grad_i, x_i>, [i, 1] = <grad_i, x_src[i]>, fp32
 //   accumulation, deterministic without atomics. Rule: S = min(ceil(1024 / B),
