@@ -13,8 +13,9 @@ import mixkernels
 from mixkernels import reference
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-# GPU kernels for cutmix_batch are not built yet; the C++ CPU kernel is.
-KERNEL_BACKENDS = ["cpu"]
+# The compiled backends with image-mixing kernels that run here (Triton under
+# the interpreter on CPU tensors when there is no GPU).
+KERNEL_BACKENDS = ["cpu", "triton"]
 
 
 def random_boxes(batch, height, width, generator=None):
@@ -29,15 +30,23 @@ def random_boxes(batch, height, width, generator=None):
 
 
 def check_exact(backend, x, perm, boxes):
+    if backend == "triton" and torch.cuda.is_available():
+        x, perm, boxes = x.cuda(), perm.cuda(), boxes.cuda()
     x = x.detach().requires_grad_(True)
     out, lam = mixkernels.cutmix_batch(x, perm, boxes, backend=backend)
     ref, ref_lam = reference.cutmix_batch(x, perm, boxes)
-    g = torch.randn(out.shape).to(out.dtype)
+    g = torch.randn(out.shape).to(out.dtype).to(out.device)
     (grad,) = torch.autograd.grad(out, x, g)
     (ref_grad,) = torch.autograd.grad(ref, x, g)
     torch.testing.assert_close(out, ref, rtol=0, atol=0, equal_nan=True)
     torch.testing.assert_close(lam, ref_lam, rtol=0, atol=0)
-    torch.testing.assert_close(grad, ref_grad, rtol=0, atol=0)
+    if backend == "triton" and x.dtype == torch.bfloat16 and not x.is_cuda:
+        # Where an image's own pixel and its partner's pasted pixel both pass
+        # gradient, the two add; the Triton interpreter rounds that fp32 sum to
+        # bf16 by truncation (a GPU rounds to nearest, as torch does): 1 ulp.
+        torch.testing.assert_close(grad, ref_grad, rtol=2 ** -7, atol=0)
+    else:
+        torch.testing.assert_close(grad, ref_grad, rtol=0, atol=0)
     return out
 
 
@@ -129,7 +138,7 @@ def test_bad_input(backend):
             mixkernels.cutmix_batch(*args, backend=backend)
 
 
-@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("backend", ["cuda"])
 def test_unbuilt_gpu_kernels_are_a_clear_error(backend):
     if not mixkernels.backends()[backend].usable:
         pytest.skip(f"backend {backend!r} is not usable here: {mixkernels.backends()[backend].reason}")

@@ -18,7 +18,8 @@ from mixkernels.mixup import MixupParams
 
 timm_mixup = pytest.importorskip("timm.data.mixup")
 
-BACKENDS = ["torch", "cpu"]
+# Triton runs under the interpreter on CPU tensors without a GPU.
+BACKENDS = ["torch", "cpu"] + (["triton"] if not torch.cuda.is_available() else [])
 CONFIGS = [
     dict(mixup_alpha=1.0, cutmix_alpha=0.0),
     dict(mixup_alpha=0.0, cutmix_alpha=1.0),

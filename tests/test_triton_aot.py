@@ -9,12 +9,16 @@ unsupported ops) and spills that would make a kernel slow on the GPU.
 The kernels are compiled for every entry of each module's ``SHIPPED_CONFIGS``,
 every input dtype (fp32, bf16, fp16) and every specialisation that
 ``aot_cases`` lists (alignment of strides and C or N, C == 1 or N == 1, target
-dtype), with the ``num_stages`` the launchers use, all at once by a module
-fixture that spreads the compiles over the cores. Triton's on-disk cache makes
-later runs fast.
+dtype), with the ``num_stages`` and compile options (``enable_fp_fusion``)
+the launchers use, all at once by a module fixture that spreads the compiles
+over the cores. Triton's on-disk cache makes later runs fast.
 """
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -23,13 +27,14 @@ triton = pytest.importorskip(
 torch = pytest.importorskip("torch")
 
 from mixkernels.triton import _aot  # noqa: E402
-from mixkernels.triton import mix_batch  # noqa: E402
+from mixkernels.triton import cutmix_batch, mix_batch  # noqa: E402
 from mixkernels.triton import mixup_cross_entropy, soft_target_cross_entropy  # noqa: E402
 
 MODULES = {
     "mixup_cross_entropy": mixup_cross_entropy,
     "soft_target_cross_entropy": soft_target_cross_entropy,
     "mix_batch": mix_batch,
+    "cutmix_batch": cutmix_batch,
 }
 # The cross-entropy modules choose their launch by the number of classes alone.
 CROSS_ENTROPY_MODULES = ["mixup_cross_entropy", "soft_target_cross_entropy"]
@@ -67,19 +72,30 @@ def compiled():
     hundred of them) and child processes are needed anyway when the suite
     runs under TRITON_INTERPRET (see mixkernels/triton/_aot.py).
     """
-    keys, labels, jobs = [], [], []
+    # Jobs grouped by their compile options, which _aot.job does not carry:
+    # the children read enable_fp_fusion's default from the environment.
+    groups = {}
     for p in PARAMS:
         module_name, kernel_name, constexprs, num_warps, dtype_name, arch = p.values
         module = MODULES[module_name]
         for case in module.aot_cases(kernel_name, constexprs, DTYPES[dtype_name]):
+            options = tuple(sorted(case.get("options", {}).items()))
+            keys, labels, jobs = groups.setdefault(options, ([], [], []))
             keys.append(_key(*p.values))
             labels.append(case["label"])
             jobs.append(_aot.job(module.KERNELS[kernel_name], case["signature"],
                                  case["constexprs"], num_warps, arch, attrs=case["attrs"],
                                  num_stages=case.get("num_stages", 3)))
     results = {}
-    for key, label, result in zip(keys, labels, _aot.compile_many(jobs)):
-        results.setdefault(key, []).append((label, result))
+    for options, (keys, labels, jobs) in groups.items():
+        with pytest.MonkeyPatch.context() as env:
+            for name, value in options:
+                if name != "enable_fp_fusion":
+                    raise NotImplementedError(f"compile option {name} in the AOT test")
+                env.setenv("TRITON_DEFAULT_FP_FUSION", "1" if value else "0")
+            compiled_jobs = _aot.compile_many(jobs)
+        for key, label, result in zip(keys, labels, compiled_jobs):
+            results.setdefault(key, []).append((label, result))
     return results
 
 
@@ -137,3 +153,51 @@ def test_mix_batch_launch_config_only_picks_shipped_configs():
                         assert case["num_stages"] == num_stages, (kernel_name, cfg)
     with pytest.raises(ValueError, match="unknown kernel"):
         mix_batch.launch_config("sideways", 10, 10, torch.float32)
+
+
+def test_cutmix_batch_launch_config_only_picks_shipped_configs():
+    """cutmix_batch's launchers (forward tiles by N, in place by B, either
+    layout) use only compiled configurations, with their num_stages."""
+    shipped = {(kernel_name, tuple(sorted(constexprs.items())), num_warps)
+               for kernel_name, constexprs, num_warps in cutmix_batch.SHIPPED_CONFIGS}
+    sizes = (1, 2, 15, 16, 17, 32, 33, 63, 64, 65, 127, 128, 129, 255, 256, 257, 1000, 3072,
+             150528, 2**20)
+    for kernel_name in cutmix_batch.KERNELS:
+        for n_rows in sizes:
+            for n_cols in sizes:
+                for channels_last in (False, True):
+                    cfg = dict(cutmix_batch.launch_config(kernel_name, n_rows, n_cols,
+                                                          torch.float32, channels_last))
+                    num_warps, num_stages = cfg.pop("num_warps"), cfg.pop("num_stages")
+                    key = (kernel_name, tuple(sorted(cfg.items())), num_warps)
+                    assert key in shipped, (kernel_name, n_rows, n_cols, channels_last, cfg)
+                    for case in cutmix_batch.aot_cases(kernel_name, cfg, torch.bfloat16):
+                        assert case["num_stages"] == num_stages, (kernel_name, cfg)
+                        assert case["options"] == cutmix_batch.COMPILE_OPTIONS
+    with pytest.raises(ValueError, match="unknown kernel"):
+        cutmix_batch.launch_config("sideways", 10, 10, torch.float32, False)
+
+
+_NO_FMA_CHECK = """
+import sys
+from mixkernels.triton import _aot, cutmix_batch as cb
+import torch
+constexprs = {"BLOCK_R": 2, "BLOCK_N": 1024, "CHANNELS_LAST": True}
+case = cb.aot_cases("forward", constexprs, torch.float32)[0]
+ptx = _aot.compile_kernel(cb.KERNELS["forward"], case["signature"], case["constexprs"], 8, 90,
+                          attrs=case["attrs"], num_stages=case["num_stages"])["ptx"]
+sys.exit(0 if "mul.rn.f32" in ptx and "fma" not in ptx else 1)
+"""
+
+
+def test_cutmix_batch_computes_without_fused_multiply_add():
+    """Two products then a sum, as the CPU kernel and eager torch round it:
+    compiled with the launchers' options, the PTX has no fma (with Triton's
+    default fp fusion it would: w_self*own + w_src*partner contracts)."""
+    assert cutmix_batch.COMPILE_OPTIONS == {"enable_fp_fusion": False}
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "0"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    done = subprocess.run([sys.executable, "-c", _NO_FMA_CHECK], env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

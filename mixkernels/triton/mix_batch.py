@@ -302,6 +302,11 @@ SHIPPED_CONFIGS = [
 _TRITON_DTYPE = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
+# A mix is two products then a sum, as eager PyTorch and the CPU and CUDA
+# kernels round it: Triton would otherwise fuse them into an fma on the GPU.
+COMPILE_OPTIONS = {"enable_fp_fusion": False}
+
+
 def aot_cases(kernel_name: str, constexprs: dict, dtype: torch.dtype) -> list[dict]:
     """What to compile ahead of time for one shipped config and dtype of ``x``.
 
@@ -344,6 +349,8 @@ def aot_cases(kernel_name: str, constexprs: dict, dtype: torch.dtype) -> list[di
     for case in cases:
         case["label"] = case["label"].replace("C=1", "N=1")
         case["num_stages"] = _NUM_STAGES[kernel_name]
+        if kernel_name in ("forward", "inplace"):
+            case["options"] = dict(COMPILE_OPTIONS)
     return cases
 
 
@@ -383,7 +390,7 @@ def mix_rows_forward(x: torch.Tensor, src: torch.Tensor, w_self: torch.Tensor,
         _mix_rows_forward_kernel[grid](
             x, x.stride(0), src.contiguous(), w_self.contiguous(), w_src.contiguous(), out,
             n_rows, n_cols, BLOCK_R=cfg["BLOCK_R"], BLOCK_N=cfg["BLOCK_N"],
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **COMPILE_OPTIONS,
         )
     return out
 
@@ -434,7 +441,7 @@ def mix_rows_inplace(x: torch.Tensor, src: torch.Tensor, w_self: torch.Tensor,
             x, x.stride(0), src.contiguous(), w_self.contiguous(), w_src.contiguous(), scratch,
             n_rows, n_cols, BLOCK_R=cfg["BLOCK_R"], BLOCK_N=cfg["BLOCK_N"],
             USE_SCRATCH=cfg["USE_SCRATCH"], num_warps=cfg["num_warps"],
-            num_stages=cfg["num_stages"],
+            num_stages=cfg["num_stages"], **COMPILE_OPTIONS,
         )
 
 
