@@ -162,7 +162,12 @@ def samples_as_rows(x: torch.Tensor):
     if not is_view:
         permuted = permuted.contiguous()
     sample_numel = permuted[0].numel()
-    rows = permuted.as_strided((batch, sample_numel), (permuted.stride(0) if batch > 1 else sample_numel, 1))
+    if permuted.is_contiguous():
+        # A view: its backward is a view too (as_strided's would allocate and
+        # zero-fill a batch-sized buffer in every backward).
+        rows = permuted.view(batch, sample_numel)
+    else:  # dense samples spaced wider than one sample (a slice of a larger batch)
+        rows = permuted.as_strided((batch, sample_numel), (permuted.stride(0), 1))
     inverse = [0] * x.dim()
     for position, dim in enumerate([0, *order]):
         inverse[dim] = position

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # ``benchmarks`` is a top-level folder of the checkout, not installed
     sys.path.insert(0, str(ROOT))
 
+from benchmarks import bench_mix_batch as mixb  # noqa: E402
 from benchmarks import bench_mixup_cross_entropy as mce  # noqa: E402
 from benchmarks import harness, run  # noqa: E402
 
@@ -67,6 +68,53 @@ def test_quick_run_writes_csv_and_json(quick_results, op):
     assert (out / f"{op}.md").exists()
 
 
+def test_mix_batch_quick_run(quick_results):
+    out, results = quick_results  # --op all: the mix_batch suite ran too, without torch.compile
+    device = mce.default_device()
+    expected = set(mixb.providers(mixb.OP, device, include_compile=False))
+    assert {"mixkernels-cpu", "mixkernels-cpu-inplace"} <= expected or device != "cpu", expected
+
+    with open(out / f"{mixb.OP}.csv", newline="") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert csv_rows and set(csv_rows[0]) == set(harness.ROW_FIELDS)
+    timed = [r for r in csv_rows if r["metric"] in mixb.METRICS]
+    got = {(r["provider"], r["metric"], r["dtype"]) for r in timed}
+    want = {(p, m, d) for p in expected for m in mixb.metrics_of(p) for d in ("float32", "bfloat16")}
+    assert got == want
+    for r in timed:
+        assert r["x_value"] == "x".join(map(str, mixb.QUICK_SHAPES[0]))
+        for key in ("y_median", "y_p20", "y_p80"):
+            value = float(r[key])
+            assert math.isfinite(value) and value > 0, (r["provider"], r["metric"], key, value)
+        extra = json.loads(r["extra"])
+        assert extra["agrees"], (r["provider"], r["metric"], r["dtype"], extra["max_rel_error"])
+        if r["provider"] == mixb.TIMM:
+            assert extra["lam"] == mixb.TIMM_LAM and extra["lam_kind"].startswith("per-batch")
+
+    rows = results[mixb.OP]["rows"]
+    ratios = {(r["provider"], r["metric"], r["dtype"]): r["y_median"] for r in rows
+              if r["metric"].startswith("speedup_vs_")}
+    for provider in (p for p in expected if p.startswith("mixkernels-")):
+        for metric in mixb.metrics_of(provider):
+            assert ratios[provider, f"speedup_vs_eager_{metric}", "float32"] > 0
+        if mixb.is_inplace(provider):
+            assert ratios[provider, f"speedup_vs_{mixb.TIMM}_forward", "float32"] > 0
+    if device == "cpu" and harness.cpu_peak_rss_supported():
+        assert any(r["metric"] == "peak_memory_forward" for r in rows)
+
+    table = results[mixb.OP]["markdown"]
+    assert all(p in table for p in expected) and "forward + backward" in table
+
+
+def test_shapes_are_read_by_each_suite(capsys):
+    assert mixb.parse_shapes("64x3x224x224, 8x3x32x32") == ((64, 3, 224, 224), (8, 3, 32, 32))
+    with pytest.raises(ValueError):
+        mixb.parse_shapes("512x1000")
+    with pytest.raises(SystemExit):  # one op named: a shape it cannot read is an error, before any run
+        run.main(["--op", mixb.OP, "--shapes", "512x1000"])
+    assert "BxCxHxW" in capsys.readouterr().err
+
+
 def test_peak_memory_of_a_known_allocation():
     if not harness.cpu_peak_rss_supported():
         pytest.skip("this kernel cannot reset the peak RSS (/proc/self/clear_refs)")
@@ -95,13 +143,14 @@ def test_markdown_table_shape():
     assert len(lines) == 4 and all(line.startswith("|") and line.endswith("|") for line in lines)
 
 
-# A cold torch.compile of both baselines takes about 15 s on 2 idle cores (a few
-# seconds with a warm inductor cache); MIXKERNELS_SMOKE_COMPILE=0 skips it.
+# A cold torch.compile of the three baselines (two losses, and mix_batch's forward and
+# forward + backward) takes about 20 s on 2 idle cores (a few seconds with a warm
+# inductor cache); MIXKERNELS_SMOKE_COMPILE=0 skips it.
 @pytest.mark.skipif(os.environ.get("MIXKERNELS_SMOKE_COMPILE", "1") == "0",
                     reason="MIXKERNELS_SMOKE_COMPILE=0")
 def test_quick_run_with_torch_compile(tmp_path):
     results = run.main(["--quick", "--dtypes", "float32", "--no-memory",
-                        "--providers", "eager-two-ce,timm-soft-target,torch-compile",
+                        "--providers", "eager-two-ce,timm-soft-target,eager,torch-compile",
                         "--budget", "0.05", "--out", str(tmp_path)])
     for op in mce.OPS:
         rows = [r for r in results[op]["rows"] if r["metric"] == "speed"]
@@ -111,3 +160,7 @@ def test_quick_run_with_torch_compile(tmp_path):
         compiled = next(r for r in rows if r["provider"] == "torch-compile")
         eager = next(r for r in rows if r["provider"] == eager_name)
         assert compiled["extra"]["loss"] == pytest.approx(eager["extra"]["loss"], rel=1e-4)
+    rows = [r for r in results[mixb.OP]["rows"] if r["metric"] in mixb.METRICS]
+    assert {(r["provider"], r["metric"]) for r in rows} == {
+        (p, m) for p in (mixb.EAGER, mixb.COMPILE) for m in mixb.METRICS}
+    assert all(math.isfinite(r["y_median"]) and r["y_median"] > 0 and r["extra"]["agrees"] for r in rows)
