@@ -41,6 +41,23 @@ TORCH_LIBRARY(mixkernels, m) {
   // The same, written into x; correct for any permutation (cycles included).
   m.def("mix_images_(Tensor(a!) x, Tensor src, Tensor w_self, Tensor w_src, Tensor box_self, "
         "Tensor box_src) -> ()");
+  // Image mixing with a low-resolution mask, the primitive of mask_mix
+  // (AutoMix, SAMix). x: (B, C, H, W), contiguous or channels-last; src:
+  // int64 (B,), a permutation; mask: (B, 1, h, w), fp32 or x's dtype, any
+  // values. m = the mask upsampled to (H, W) as F.interpolate(mask, (H, W),
+  // mode="bilinear", align_corners=False) computes it (mode="nearest" when not
+  // bilinear), in fp32, never stored. At pixel p of image i, every channel:
+  //   out[i, :, p] = m[i, p] * x[i, :, p] + (1 - m[i, p]) * x[src[i], :, p]
+  // (fp32 arithmetic; out in x's dtype and memory format).
+  m.def("mask_mix(Tensor x, Tensor src, Tensor mask, bool bilinear) -> Tensor");
+  // (grad_x, grad_mask) for the incoming grad (x's shape, dtype and memory
+  // format), inv the inverse permutation of src, U the upsampling:
+  //   grad_x[i]    = m[i] * grad[i] + (1 - m[inv[i]]) * grad[inv[i]]
+  //   grad_mask[i] = U^T( sum_c grad[i, c] * (x[i, c] - x[src[i], c]) )
+  // grad_mask has mask's dtype and shape (contiguous); a gradient not asked
+  // for is returned with shape (0,). Deterministic (no atomics).
+  m.def("mask_mix_backward(Tensor grad, Tensor x, Tensor src, Tensor mask, bool bilinear, bool needs_x_grad, "
+        "bool needs_mask_grad) -> (Tensor, Tensor)");
   // Whether this build compiled the CUDA kernels (for mixkernels.backends()).
   m.def("built_with_cuda() -> bool", []() -> bool {
 #ifdef MIXKERNELS_WITH_CUDA

@@ -7,7 +7,8 @@ plain-PyTorch specification in :mod:`mixkernels.reference`, and
 """
 
 from mixkernels._backend import BackendStatus, backends
-from mixkernels.functional import MixedTargets, cutmix_batch, mix_batch, mixup_cross_entropy, soft_target_cross_entropy
+from mixkernels.functional import (MixedTargets, cutmix_batch, mask_mix, mix_batch, mixup_cross_entropy,
+                                  soft_target_cross_entropy)
 from mixkernels.mixup import Mixup, MixupParams
 from mixkernels.nn import MixupCrossEntropyLoss, SoftTargetCrossEntropy
 from mixkernels import reference
@@ -23,6 +24,7 @@ __all__ = [
     "SoftTargetCrossEntropy",
     "backends",
     "cutmix_batch",
+    "mask_mix",
     "mix_batch",
     "mixup_cross_entropy",
     "reference",

@@ -14,11 +14,13 @@ import torch
 
 from mixkernels import _backend, _validation, reference
 from mixkernels.ops.cutmix_batch import MIX_IMAGES_BACKENDS, mix_images
+from mixkernels.ops.mask_mix import MASK_MIX_BACKENDS, mask_mix_on_backend
 from mixkernels.ops.mix_batch import mix_rows, mix_rows_inplace
 from mixkernels.ops.mixup_cross_entropy import mixup_cross_entropy_rows
 from mixkernels.ops.soft_target_cross_entropy import soft_target_cross_entropy_rows
 
-__all__ = ["MixedTargets", "cutmix_batch", "mix_batch", "mixup_cross_entropy", "soft_target_cross_entropy"]
+__all__ = ["MixedTargets", "cutmix_batch", "mask_mix", "mix_batch", "mixup_cross_entropy",
+           "soft_target_cross_entropy"]
 
 
 class MixedTargets(NamedTuple):
@@ -200,3 +202,59 @@ def cutmix_batch(x: torch.Tensor, perm: torch.Tensor, boxes: torch.Tensor, *, ba
     mixed = mix_images(x, perm.to(torch.int64).contiguous(), ones, torch.zeros_like(ones), boxes64, boxes64,
                        backend)
     return mixed, reference.cutmix_lam(boxes64, height, width)
+
+
+MASK_MODES = ("bilinear", "nearest")
+
+
+def _check_mask(mask, batch: int, device: torch.device) -> None:
+    """A floating-point (batch, 1, h, w) low-resolution mask on x's device."""
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
+    if not mask.is_floating_point():
+        raise TypeError(f"mask must be a floating-point tensor, got {mask.dtype}")
+    if mask.dim() != 4 or mask.shape[0] != batch or mask.shape[1] != 1 or mask.shape[2] < 1 or mask.shape[3] < 1:
+        raise ValueError(f"mask must have shape ({batch}, 1, h, w) with h, w >= 1, got {tuple(mask.shape)}")
+    if mask.device != device:
+        raise ValueError(f"mask is on {mask.device} but x is on {device}")
+
+
+def mask_mix(x: torch.Tensor, perm: torch.Tensor, mask: torch.Tensor, *, mode: str = "bilinear",
+             backend: str = "auto") -> torch.Tensor:
+    """``m * x + (1 - m) * x[perm]`` with ``m`` the low-resolution mask upsampled
+    inside the kernel (AutoMix, SAMix): the (B, 1, H, W) mask is never stored.
+
+    Args:
+        x: (B, C, H, W) fp32, bf16 or fp16 images (contiguous or channels-last;
+            other layouts are copied). The result keeps x's dtype and memory format.
+        perm: (B,) permutation: image ``i`` is mixed with image ``perm[i]``.
+        mask: (B, 1, h, w) float mask, fp32 or x's dtype for the compiled
+            backends; any values (weights outside [0, 1] extrapolate).
+        mode: how ``mask`` is upsampled to (H, W), as ``F.interpolate`` does it:
+            ``"bilinear"`` (``align_corners=False``; SAMix) or ``"nearest"`` (AutoMix).
+        backend: ``"auto"``, ``"torch"`` or a compiled backend with kernels for
+            this op (``mixkernels.ops.mask_mix.MASK_MIX_BACKENDS``).
+
+    Computed in fp32. Gradients flow to x and to the low-resolution mask
+    (deterministically: no atomics).
+    """
+    _validation.check_batch(x)
+    if x.dim() != 4:
+        raise ValueError(f"x must be a (B, C, H, W) batch of images, got shape {tuple(x.shape)}")
+    if 0 in x.shape[1:]:
+        raise ValueError(f"x must have at least one channel, row and column, got shape {tuple(x.shape)}")
+    batch = x.shape[0]
+    _validation.check_permutation(perm, "perm", batch, x.device)
+    _check_mask(mask, batch, x.device)
+    if not isinstance(mode, str) or mode not in MASK_MODES:
+        raise ValueError(f"mode must be one of {MASK_MODES}, got {mode!r}")
+    backend = _backend.resolve_backend(backend, x.device, op="mask_mix", implemented=MASK_MIX_BACKENDS)
+    if backend == "torch":
+        return reference.mask_mix(x, perm, mask, mode)
+    if x.dtype == torch.float64:
+        raise TypeError(f"x must be float32, bfloat16 or float16 for backend {backend!r}, got float64")
+    if mask.dtype not in (torch.float32, x.dtype):
+        raise TypeError(f"mask must be float32 or x's dtype {x.dtype} for backend {backend!r}, got {mask.dtype}")
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        x = x.contiguous()
+    return mask_mix_on_backend(x, perm.to(torch.int64).contiguous(), mask, mode == "bilinear", backend)

@@ -25,11 +25,13 @@ __all__ = [
     "cutmix_batch",
     "cutmix_box_mask",
     "cutmix_lam",
+    "mask_mix",
     "mix_batch",
     "mixup_cross_entropy",
     "soft_target_cross_entropy",
     "mixup_target",
     "reduce_loss",
+    "upsample_mask",
 ]
 
 
@@ -150,3 +152,28 @@ def cutmix_lam(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """1 - box area / image area per sample, fp32 (timm's ``correct_lam``)."""
     y0, y1, x0, x1 = boxes.to(torch.int64).unbind(1)
     return 1.0 - ((y1 - y0) * (x1 - x0)).to(torch.float32) / float(height * width)
+
+
+def upsample_mask(mask: torch.Tensor, height: int, width: int, mode: str = "bilinear") -> torch.Tensor:
+    """A low-resolution mask ``(B, 1, h, w)`` upsampled to ``(B, 1, height, width)``:
+    bilinear with ``align_corners=False`` (SAMix) or ``"nearest"`` (AutoMix)."""
+    if mode == "bilinear":
+        return F.interpolate(mask, size=(height, width), mode="bilinear", align_corners=False)
+    if mode == "nearest":
+        return F.interpolate(mask, size=(height, width), mode="nearest")
+    raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+
+
+def mask_mix(x: torch.Tensor, perm: torch.Tensor, mask: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """``m * x + (1 - m) * x[perm]`` per pixel, every channel alike, with ``m``
+    the mask ``(B, 1, h, w)`` upsampled to x's ``(H, W)`` (:func:`upsample_mask`).
+
+    The mask's values are not restricted: weights outside [0, 1] extrapolate.
+    Computed in fp32 (fp64 for fp64 inputs), returned in x's dtype; gradients
+    flow to x (through its own slot and its partner's) and to the
+    low-resolution mask.
+    """
+    dtype = _compute_dtype(x.dtype)
+    xc = x.to(dtype)
+    m = upsample_mask(mask.to(dtype), x.shape[-2], x.shape[-1], mode)
+    return (m * xc + (1.0 - m) * xc[perm.long()]).to(x.dtype)

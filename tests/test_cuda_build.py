@@ -18,7 +18,21 @@ and a bf16/fp16 logits with fp32 target; and the row-mixing ops of
 misaligned differently), permutations with cycles, the in-place op's strip
 kernel (shared memory within the default 48 KiB, beyond it by opt-in) and its
 temporary-batch fallback (B too tall for shared memory), the split-N dots,
-more rows than one grid dimension holds and more than 2^31 elements.
+more rows than one grid dimension holds and more than 2^31 elements; and the
+image-mixing ops of ``csrc/cuda/mix_images_kernel.cu`` (mix_images,
+mix_images_) against ``reference.cutmix_batch`` and a per-sample torch
+computation (bit-exact: the kernels round as two fp32 products and a sum):
+NCHW and channels-last batches, images that start off 16-byte alignment,
+images whose size is not a multiple of 16 bytes (scalar path) and lines that
+are not (vectors across lines), mixup rows (empty boxes) and cutmix rows in
+one batch, distinct own and partner boxes (the gradient's call), boxes
+outside the image (clamped), permutations with cycles, the in-place strip
+kernel (default and opt-in shared memory) and its temporary-batch fallback,
+more images than one grid dimension holds, and more than 2^31 elements (in
+the batch, and in one image: 64-bit index arithmetic).
+
+Without a GPU, the per-sample torch computation the GPU tests compare with is
+itself checked against the CPU kernel.
 """
 
 from __future__ import annotations
@@ -44,6 +58,8 @@ KERNEL_FAMILIES = (
     "mix_rows_inplace_kernel",
     "mix_rows_dots_kernel",
     "mix_rows_dots_sum_kernel",
+    "mix_images_kernel",
+    "mix_images_inplace_kernel",
 )
 
 
@@ -128,7 +144,7 @@ def test_cuda_kernels_are_registered():
         pytest.skip("extension built without CUDA")
     for op in ("mixup_cross_entropy", "mixup_cross_entropy_backward",
                "soft_target_cross_entropy", "soft_target_cross_entropy_backward",
-               "mix_rows", "mix_rows_", "mix_rows_dots"):
+               "mix_rows", "mix_rows_", "mix_rows_dots", "mix_images", "mix_images_"):
         dump = torch._C._dispatch_dump(f"mixkernels::{op}")
         assert re.search(r"^CUDA: registered", dump, re.MULTILINE), dump
 
@@ -426,3 +442,280 @@ def test_mix_rows_beyond_2_to_the_31_elements():
     torch.ops.mixkernels.mix_rows_(x, src, w_self, w_src)
     for cols, old in zip(edges, before):
         torch.testing.assert_close(x[:, cols], reference.mix_batch(old, src, w_self))
+
+
+# ---------------------------------------------------------------------------
+# The image-mixing ops (mix_images, mix_images_).
+
+def _expected_mix_images(x, src, w_self, w_src, box_self, box_src, y_offset=0, x_offset=0):
+    """The op's definition per sample in plain torch (any device, any layout):
+    at pixel p of image i, (p in box_self[i] ? 0 : w_self[i]) * x[i, :, p] +
+    (p in box_src[i] ? 1 : w_src[i]) * x[src[i], :, p], two fp32 products then a
+    sum, a term of weight 0 dropped, in x's dtype; boxes clamped to the image.
+    x may be a window of the images starting at pixel (y_offset, x_offset)
+    (the boxes are in the full images' coordinates)."""
+    batch, _, height, width = x.shape
+    rows = torch.arange(height, device=x.device).view(1, height, 1) + y_offset
+    cols = torch.arange(width, device=x.device).view(1, 1, width) + x_offset
+
+    def inside(boxes):
+        y0, y1, x0, x1 = (boxes[:, k].view(batch, 1, 1) for k in range(4))
+        return (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
+
+    w_own = torch.where(inside(box_self), 0.0, w_self.view(batch, 1, 1)).unsqueeze(1)
+    w_partner = torch.where(inside(box_src), 1.0, w_src.view(batch, 1, 1)).unsqueeze(1)
+    own_term = w_own * x.float()
+    partner_term = w_partner * x.float()[src]
+    out = torch.where(w_own == 0, torch.where(w_partner == 0, 0.0, partner_term),
+                      torch.where(w_partner == 0, own_term, own_term + partner_term))
+    return out.to(x.dtype)
+
+
+def _random_boxes(batch, height, width, device="cpu"):
+    y = torch.sort(torch.randint(0, height + 1, (batch, 2)), dim=1).values
+    x = torch.sort(torch.randint(0, width + 1, (batch, 2)), dim=1).values
+    boxes = torch.stack([y[:, 0], y[:, 1], x[:, 0], x[:, 1]], dim=1)
+    if batch >= 3:
+        boxes[0] = torch.tensor([0, height, 0, width])  # the whole image is the partner's
+        boxes[2] = torch.tensor([height - 1, height, width - 1, width])  # one corner pixel
+    return boxes.to(device)
+
+
+def _mixed_batch_args(batch, height, width, device="cpu"):
+    """(w_self, w_src, box_self, box_src) of Mixup's per-sample mode: mixup rows
+    (lam, 1 - lam, empty boxes) and cutmix rows (1, 0, a box) in one batch."""
+    lam = torch.rand(batch)
+    is_cutmix = torch.arange(batch) % 2 == 1
+    w_self = torch.where(is_cutmix, 1.0, lam)
+    w_src = torch.where(is_cutmix, 0.0, 1.0 - lam)
+    boxes = torch.where(is_cutmix.view(batch, 1), _random_boxes(batch, height, width),
+                        torch.zeros(batch, 4, dtype=torch.long))
+    return tuple(t.contiguous().to(device) for t in (w_self, w_src, boxes, boxes.clone()))
+
+
+def _check_exact(actual, expected, what):
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape, what
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0, equal_nan=True,
+                               msg=lambda m: f"{what}: {m}")
+
+
+def test_expected_mix_images_matches_the_cpu_kernel():
+    """The per-sample torch computation the GPU tests compare with is the op (CPU kernel)."""
+    for dtype in DTYPES:
+        for channels_last in (False, True):
+            batch, height, width = 6, 7, 9
+            x = torch.randn(batch, 3, height, width).to(dtype)
+            if channels_last:
+                x = x.to(memory_format=torch.channels_last)
+            src = torch.tensor([1, 2, 0, 4, 5, 3])
+            for args in (_mixed_batch_args(batch, height, width),
+                         (torch.rand(batch), torch.rand(batch), _random_boxes(batch, height, width),
+                          _random_boxes(batch, height, width))):
+                expected = _expected_mix_images(x, src, *args)
+                _check_exact(torch.ops.mixkernels.mix_images(x, src, *args), expected, "mix_images")
+                y = x.clone()
+                torch.ops.mixkernels.mix_images_(y, src, *args)
+                _check_exact(y, expected, "mix_images_")
+                window = _expected_mix_images(x[:, :, 2:, 3:7], src, *args, y_offset=2, x_offset=3)
+                _check_exact(window, expected[:, :, 2:, 3:7], "window")
+
+
+# (B, C, H, W): one pixel; image sizes not a multiple of 16 bytes (scalar
+# path); lines not a multiple of 16 bytes (vectors across lines); lines that
+# are; W = 1; a batch of many small images.
+IMAGE_SHAPES = ((1, 1, 1, 1), (3, 3, 7, 5), (8, 3, 16, 31), (5, 2, 8, 8), (4, 3, 4, 6), (6, 5, 3, 1),
+                (37, 3, 6, 13), (4, 3, 32, 32))
+# "misaligned": a contiguous batch whose data starts one element past 16-byte
+# alignment (the vector path after a scalar head).
+IMAGE_LAYOUTS = ("nchw", "channels_last", "misaligned")
+
+
+def _image_input(shape, dtype, layout):
+    if layout == "nchw":
+        return torch.randn(shape, device="cuda").to(dtype)
+    if layout == "channels_last":
+        return torch.randn(shape, device="cuda").to(dtype).to(memory_format=torch.channels_last)
+    base = torch.randn(torch.Size(shape).numel() + 1, device="cuda").to(dtype)
+    return base[1:].view(shape)
+
+
+def _image_perm(batch):
+    return _perm_with_cycle(batch)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", IMAGE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("layout", IMAGE_LAYOUTS)
+def test_mix_images_cuda_cutmix_matches_the_reference(dtype, shape, layout):
+    """CutMix is mix_images(x, perm, 1, 0, boxes, boxes): bit-exact against the reference."""
+    batch, _, height, width = shape
+    x = _image_input(shape, dtype, layout)
+    src = _image_perm(batch)
+    boxes = _random_boxes(batch, height, width, "cuda")
+    ones, zeros = torch.ones(batch, device="cuda"), torch.zeros(batch, device="cuda")
+    expected, _ = reference.cutmix_batch(x, src, boxes)
+
+    out = torch.ops.mixkernels.mix_images(x, src, ones, zeros, boxes, boxes)
+    _check_exact(out, expected, "mix_images")
+    assert out.stride() == x.stride()
+    if layout == "channels_last":
+        assert out.is_contiguous(memory_format=torch.channels_last)
+
+    y = x.clone() if layout != "misaligned" else _image_input(shape, dtype, layout).copy_(x)
+    torch.ops.mixkernels.mix_images_(y, src, ones, zeros, boxes, boxes)
+    _check_exact(y, expected, "mix_images_")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", IMAGE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("layout", IMAGE_LAYOUTS)
+@pytest.mark.parametrize("mode", ("mixup-and-cutmix", "distinct-boxes", "general"))
+def test_mix_images_cuda_matches_per_sample_torch(dtype, shape, layout, mode):
+    """Mixup's per-sample batch (mixup rows with empty boxes, cutmix rows), the
+    gradient's call (own and partner boxes differ), and general weights with
+    zeros: bit-exact against plain torch and against the CPU kernel."""
+    batch, _, height, width = shape
+    x = _image_input(shape, dtype, layout)
+    src = _image_perm(batch)
+    if mode == "mixup-and-cutmix":
+        args = _mixed_batch_args(batch, height, width, "cuda")
+    elif mode == "distinct-boxes":
+        inv = torch.argsort(src)
+        boxes = _random_boxes(batch, height, width, "cuda")
+        src = inv
+        args = (torch.ones(batch, device="cuda"), torch.zeros(batch, device="cuda"), boxes,
+                boxes[inv].contiguous())
+    else:
+        w_self, w_src = torch.rand(batch, device="cuda"), torch.rand(batch, device="cuda")
+        w_self[0] = 0.0
+        w_src[-1] = 0.0
+        args = (w_self, w_src, _random_boxes(batch, height, width, "cuda"),
+                _random_boxes(batch, height, width, "cuda"))
+    expected = _expected_mix_images(x, src, *args)
+
+    out = torch.ops.mixkernels.mix_images(x, src, *args)
+    _check_exact(out, expected, "mix_images")
+    cpu = torch.ops.mixkernels.mix_images(x.cpu(), src.cpu(), *(t.cpu() for t in args))
+    _check_exact(out.cpu(), cpu, "mix_images against the CPU kernel")
+
+    y = x.clone() if layout != "misaligned" else _image_input(shape, dtype, layout).copy_(x)
+    torch.ops.mixkernels.mix_images_(y, src, *args)
+    _check_exact(y, expected, "mix_images_")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("batch", (2049, 4096, 20000),
+                         ids=("strip-over-32KiB", "strip-opt-in-shared", "temporary-batch"))
+@pytest.mark.parametrize("image", ((1, 2, 3), (3, 4, 4)), ids=("scalar", "vector"))
+def test_mix_images_inplace_tall_batches(dtype, batch, image):
+    """B * 16 bytes beyond the strip budget (one slot per image), beyond 48 KiB
+    (opt-in shared memory), beyond the device's shared memory (temporary batch)."""
+    channels, height, width = image
+    x = _image_input((batch, channels, height, width), dtype, "misaligned")
+    src = torch.randperm(batch, device="cuda")
+    args = _mixed_batch_args(batch, height, width, "cuda")
+    expected = _expected_mix_images(x, src, *args)
+    torch.ops.mixkernels.mix_images_(x, src, *args)
+    _check_exact(x, expected, "mix_images_")
+
+
+@pytest.mark.gpu
+def test_mix_images_cuda_boxes_are_clamped_and_bad_partners_give_nan():
+    """Device values are not validated: boxes reaching outside the image act
+    clamped, an index outside [0, B) gives a NaN image, never a stray read."""
+    x = torch.randn(3, 2, 5, 7, device="cuda")
+    w_self, w_src = torch.rand(3, device="cuda"), torch.rand(3, device="cuda")
+    wild = torch.tensor([[-3, 9, -2, 20], [5, 2, 3, 1], [1, 100, -50, 4]], device="cuda")
+    clamped = torch.stack([wild[:, 0].clamp(0, 5), wild[:, 1].clamp(0, 5), wild[:, 2].clamp(0, 7),
+                           wild[:, 3].clamp(0, 7)], 1)
+    src = torch.tensor([2, 0, 1], device="cuda")
+    expected = _expected_mix_images(x, src, w_self, w_src, clamped, clamped.flip(0).contiguous())
+    out = torch.ops.mixkernels.mix_images(x, src, w_self, w_src, wild, wild.flip(0).contiguous())
+    _check_exact(out, expected, "clamped boxes")
+
+    bad = torch.tensor([7, 0, -1], device="cuda")
+    for inplace in (False, True):
+        y = x.clone()
+        if inplace:
+            torch.ops.mixkernels.mix_images_(y, bad, w_self, w_src, clamped, clamped)
+        else:
+            y = torch.ops.mixkernels.mix_images(y, bad, w_self, w_src, clamped, clamped)
+        assert torch.isnan(y[0]).all() and torch.isnan(y[2]).all()
+        good = _expected_mix_images(x, torch.tensor([0, 0, 2], device="cuda"), w_self, w_src, clamped,
+                                    clamped)
+        _check_exact(y[1], good[1], "the image with a valid partner")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_mix_images_cuda_pasted_box_is_a_bit_exact_copy_next_to_nan(dtype):
+    x = torch.randn(2, 3, 4, 4, device="cuda").to(dtype)
+    x[0, :, 1, 1] = float("nan")   # inside image 0's own box: replaced by the partner's pixel
+    x[1, :, 3, 3] = float("inf")   # outside image 1's box: kept
+    x[1, :, 0, 0] = float("-inf")  # inside image 1's box: pasted into image 0
+    boxes = torch.tensor([[0, 2, 0, 2], [0, 2, 0, 2]], device="cuda")
+    src = torch.tensor([1, 0], device="cuda")
+    ones, zeros = torch.ones(2, device="cuda"), torch.zeros(2, device="cuda")
+    expected, _ = reference.cutmix_batch(x, src, boxes)
+    bits = torch.int32 if dtype == torch.float32 else torch.int16
+    out = torch.ops.mixkernels.mix_images(x, src, ones, zeros, boxes, boxes)
+    assert torch.equal(out.view(bits), expected.view(bits))
+    torch.ops.mixkernels.mix_images_(x, src, ones, zeros, boxes, boxes)
+    assert torch.equal(x.view(bits), expected.view(bits))
+
+
+@pytest.mark.gpu
+def test_mix_images_images_beyond_one_grid_dimension():
+    """More images than grid.y (65535) x images per block covers: the image loop
+    takes over (and mix_images_ goes through the temporary batch)."""
+    batch = 65535 * 256 + 77
+    x = torch.randn(batch, 1, 1, 1, device="cuda")
+    src = torch.randperm(batch, device="cuda")
+    w_self, w_src = _mix_weights(batch)
+    boxes = torch.zeros(batch, 4, dtype=torch.long, device="cuda")
+    boxes[::3] = torch.tensor([0, 1, 0, 1], device="cuda")
+    expected = _expected_mix_images(x, src, w_self, w_src, boxes, boxes)
+    _check_exact(torch.ops.mixkernels.mix_images(x, src, w_self, w_src, boxes, boxes), expected,
+                 "mix_images")
+    torch.ops.mixkernels.mix_images_(x, src, w_self, w_src, boxes, boxes)
+    _check_exact(x, expected, "mix_images_")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", ((3, 1, 2**15, 2**15), (2, 1, 2, 2**30 + 8)),
+                         ids=("batch-over-2^31", "image-over-2^31"))
+def test_mix_images_beyond_2_to_the_31_elements(shape):
+    """B * C * H * W > 2^31 (bf16): image offsets must be 64-bit; C * H * W >
+    2^31: the 64-bit index variant. Checks windows at both ends of the lines."""
+    numel = torch.Size(shape).numel()
+    free, _ = torch.cuda.mem_get_info()
+    if free < 2.5 * numel * 2:
+        pytest.skip(f"needs about {2.5 * numel * 2 / 2**30:.0f} GiB of free GPU memory")
+    batch, _, height, width = shape
+    x = torch.empty(shape, device="cuda", dtype=torch.bfloat16)
+    x[..., :1000].normal_()
+    x[..., -1000:].normal_()
+    x[..., 1000:-1000].fill_(1.0)
+    src = torch.arange(batch, device="cuda").roll(1)
+    w_self, w_src = _mix_weights(batch)
+    # Boxes straddling both windows of the last line of each image, and a plain mixup row.
+    box_self = torch.tensor([[height - 1, height, 500, width - 500]] * batch, device="cuda")
+    box_src = torch.tensor([[0, height, width - 700, width]] * batch, device="cuda")
+    box_self[0] = 0
+    box_src[0] = 0
+    windows = [(height - 2, 0), (height - 2, width - 1000)]
+    crop = [lambda t, y=y, c=c: t[:, :, y:, c:c + 1000] for y, c in windows]
+
+    out = torch.ops.mixkernels.mix_images(x, src, w_self, w_src, box_self, box_src)
+    for (y, c), cut in zip(windows, crop):
+        _check_exact(cut(out), _expected_mix_images(cut(x), src, w_self, w_src, box_self, box_src,
+                                                    y_offset=y, x_offset=c), "mix_images")
+    del out
+    before = [cut(x).clone() for cut in crop]
+    torch.ops.mixkernels.mix_images_(x, src, w_self, w_src, box_self, box_src)
+    for (y, c), cut, old in zip(windows, crop, before):
+        _check_exact(cut(x), _expected_mix_images(old, src, w_self, w_src, box_self, box_src,
+                                                  y_offset=y, x_offset=c), "mix_images_")

@@ -8,25 +8,11 @@
 
 #include "cpu/mix_rows_kernel.h"
 #include "cpu/op_utils.h"
+#include "mixkernels/image_checks.h"
 #include "mixkernels/mix_checks.h"
 
 namespace mixkernels::cpu {
 namespace {
-
-// src must be a permutation of [0, B): every kernel reads x[src[i]], and the
-// gradient and the in-place path rely on each row being read exactly once.
-// O(B) on the host, no cost next to the (B, N) kernels.
-void check_permutation(const at::Tensor& src) {
-  const int64_t batch = src.size(0);
-  const int64_t* p = src.const_data_ptr<int64_t>();
-  std::vector<char> seen(static_cast<size_t>(batch), 0);
-  for (int64_t i = 0; i < batch; ++i) {
-    TORCH_CHECK_INDEX(p[i] >= 0 && p[i] < batch, "mixkernels: src[", i, "] = ", p[i], " is outside [0, ",
-                      batch, ")");
-    TORCH_CHECK_VALUE(!seen[p[i]], "mixkernels: src is not a permutation: ", p[i], " appears twice");
-    seen[p[i]] = 1;
-  }
-}
 
 // A permutation's cycles, each listed from its smallest row onwards: cycle k
 // is rows[offsets[k] : offsets[k + 1]], and src maps each row to the next.
@@ -106,30 +92,17 @@ void check_boxes(const at::Tensor& boxes, const char* name, int64_t batch, int64
   }
 }
 
-// How the kernels see a (B, C, H, W) batch: each image is `lines` lines of
-// `line_length` contiguous elements (NCHW: C * H lines of W; NHWC: H lines of W * C).
-struct ImageLayout {
-  int64_t batch, sample_stride, lines, line_length, height, inner;
-};
-
+// The metadata checks are shared with the CUDA ops (mixkernels/image_checks.h,
+// which also defines ImageLayout); the values (a permutation, boxes inside the
+// image) are checked here on the host.
 ImageLayout check_images(const at::Tensor& x, const at::Tensor& src, const at::Tensor& w_self,
                          const at::Tensor& w_src, const at::Tensor& box_self, const at::Tensor& box_src) {
   check_cpu(x, "x");
-  TORCH_CHECK(x.dim() == 4, "mixkernels: x must be a (B, C, H, W) batch of images, got ", x.dim(), "-D");
-  const bool channels_last = !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
-  TORCH_CHECK(x.is_contiguous() || channels_last, "mixkernels: x must be contiguous or channels-last");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf,
-              "mixkernels: x must be float32, bfloat16 or float16, got ", x.scalar_type());
-  const int64_t batch = x.size(0), channels = x.size(1), height = x.size(2), width = x.size(3);
-  TORCH_CHECK(batch > 0, "mixkernels: x must have a non-empty batch");
-  check_mix_row_vector(src, "src", batch, at::kLong, x, "x");
-  check_mix_row_vector(w_self, "w_self", batch, at::kFloat, x, "x");
-  check_mix_row_vector(w_src, "w_src", batch, at::kFloat, x, "x");
+  const ImageLayout layout = check_mix_images_inputs(x, src, w_self, w_src, box_self, box_src);
   check_permutation(src);
-  check_boxes(box_self, "box_self", batch, height, width);
-  check_boxes(box_src, "box_src", batch, height, width);
-  const int64_t inner = channels_last ? channels : 1;
-  return {batch, channels * height * width, channels_last ? height : channels * height, width * inner, height, inner};
+  check_boxes(box_self, "box_self", layout.batch, layout.height, x.size(3));
+  check_boxes(box_src, "box_src", layout.batch, layout.height, x.size(3));
+  return layout;
 }
 
 at::Tensor mix_images_cpu(const at::Tensor& x, const at::Tensor& src, const at::Tensor& w_self,

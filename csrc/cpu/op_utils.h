@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #ifdef __linux__
 #include <sys/mman.h>
@@ -93,6 +94,22 @@ inline at::Tensor empty_like_for_writing(const at::Tensor& like) {
 
 inline void check_cpu(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), "mixkernels: ", name, " must be a CPU tensor for the cpu backend");
+}
+
+// src must be a permutation of [0, B): every kernel reads x[src[i]], and the
+// gradients and the in-place paths rely on each sample being read exactly
+// once. O(B) on the host, no cost next to the (B, N) kernels. src: int64 (B,),
+// contiguous, on the CPU (checked by the caller).
+inline void check_permutation(const at::Tensor& src) {
+  const int64_t batch = src.size(0);
+  const int64_t* p = src.const_data_ptr<int64_t>();
+  std::vector<char> seen(static_cast<size_t>(batch), 0);
+  for (int64_t i = 0; i < batch; ++i) {
+    TORCH_CHECK_INDEX(p[i] >= 0 && p[i] < batch, "mixkernels: src[", i, "] = ", p[i], " is outside [0, ",
+                      batch, ")");
+    TORCH_CHECK_VALUE(!seen[p[i]], "mixkernels: src is not a permutation: ", p[i], " appears twice");
+    seen[p[i]] = 1;
+  }
 }
 
 }  // namespace mixkernels::cpu

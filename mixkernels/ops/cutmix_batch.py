@@ -18,7 +18,7 @@ from mixkernels import _backend
 
 CPP_OP = "mixkernels::mix_images"
 # The compiled backends with image-mixing kernels (cutmix_batch, Mixup).
-MIX_IMAGES_BACKENDS = ("cpu", "triton")
+MIX_IMAGES_BACKENDS = ("cpu", "triton", "cuda")
 TRITON_OP = "mixkernels::mix_images_triton"
 
 
