@@ -22,13 +22,14 @@ from pathlib import Path
 import torch
 
 from benchmarks import bench_mix_batch as mixb
+from benchmarks import bench_mixup
 from benchmarks import bench_mixup_cross_entropy as mce
 from benchmarks import harness
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 # op -> module with providers(op, device, include_compile), parse_shapes(text),
 # bench_shapes(quick), run_suite(op, ...) and tables(rows)
-SUITES = {mce.MIXUP: mce, mce.SOFT: mce, mixb.OP: mixb}
+SUITES = {mce.MIXUP: mce, mce.SOFT: mce, mixb.OP: mixb, bench_mixup.OP: bench_mixup}
 DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
                "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
