@@ -30,6 +30,7 @@ if not torch.cuda.is_available():
 
 from mixkernels import reference  # noqa: E402
 from mixkernels.triton import cutmix_batch as cb  # noqa: E402
+from mixkernels.triton._launch import sm_count  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -263,7 +264,7 @@ def test_inplace_paths(layout, shape, path):
     cfg = cb.launch_config("inplace", batch, n_cols, torch.float32, layout == "channels_last")
     n_strips = triton.cdiv(n_cols, cfg["BLOCK_N"])
     if DEVICE == "cpu":  # the SM count stand-in makes the path predictable
-        uses_copy = cfg["USE_SCRATCH"] and n_strips < cb._sm_count(torch.device("cpu"))
+        uses_copy = cfg["USE_SCRATCH"] and n_strips < sm_count(torch.device("cpu"))
         got_path = "copy" if uses_copy else "scratch" if cfg["USE_SCRATCH"] else "registers"
         assert got_path == path
     x = make_x(shape, torch.float32, layout)

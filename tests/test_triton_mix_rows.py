@@ -25,6 +25,7 @@ if not torch.cuda.is_available():
 
 from mixkernels import reference  # noqa: E402
 from mixkernels.triton import mix_batch as mb  # noqa: E402
+from mixkernels.triton._launch import sm_count  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -140,7 +141,7 @@ def test_inplace_paths_leave_other_tensors_alone(dtype, shape, path):
     cfg = mb.launch_config("inplace", batch, width, dtype)
     n_strips = triton.cdiv(width, cfg["BLOCK_N"])
     if DEVICE == "cpu":  # the SM count stand-in makes the path predictable
-        uses_copy = cfg["USE_SCRATCH"] and n_strips < mb._sm_count(torch.device("cpu"))
+        uses_copy = cfg["USE_SCRATCH"] and n_strips < sm_count(torch.device("cpu"))
         got_path = "copy" if uses_copy else "scratch" if cfg["USE_SCRATCH"] else "registers"
         assert got_path == path
     x = make_x(batch, width, dtype)
@@ -165,7 +166,7 @@ def test_dots_split_over_n(dtype):
     n_chunks = triton.cdiv(width, cfg["BLOCK_N"])
     if DEVICE == "cpu":
         n_row_blocks = triton.cdiv(batch, cfg["BLOCK_R"])
-        sms = mb._sm_count(torch.device("cpu"))
+        sms = sm_count(torch.device("cpu"))
         assert mb._dots_chunks_per_split(n_row_blocks, n_chunks, sms) < n_chunks
     x = make_x(batch, width, dtype)
     grad = make_x(batch, width, dtype, "column_slice")

@@ -58,8 +58,7 @@ import triton
 import triton.language as tl
 
 from mixkernels.triton._aot import specialisations
-from mixkernels.triton._launch import device_guard
-from mixkernels.triton.mix_batch import _sm_count
+from mixkernels.triton._launch import NO_FP_FUSION, device_guard, sm_count
 
 __all__ = [
     "mix_images_forward",
@@ -369,7 +368,7 @@ _NUM_STAGES = {"forward": 1, "inplace": 1}
 
 # Options every launch (and every AOT compile) uses: no contraction of the
 # two products and the sum into a fused multiply-add.
-COMPILE_OPTIONS = {"enable_fp_fusion": False}
+COMPILE_OPTIONS = NO_FP_FUSION
 
 
 def launch_config(kernel_name: str, n_rows: int, n_cols: int, dtype: torch.dtype,
@@ -555,7 +554,7 @@ def mix_images_inplace(x: torch.Tensor, src: torch.Tensor, w_self: torch.Tensor,
     n_rows, n_cols = sizes[:2]
     cfg = launch_config("inplace", n_rows, n_cols, x.dtype, channels_last)
     n_strips = triton.cdiv(n_cols, cfg["BLOCK_N"])
-    sms = _sm_count(x.device)
+    sms = sm_count(x.device)
     if cfg["USE_SCRATCH"] and n_strips < sms:
         x.copy_(mix_images_forward(x, src, w_self, w_src, box_self, box_src))
         return

@@ -31,14 +31,12 @@ row holds fewer than 2^31 - 4096 values (the launchers check).
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
 from mixkernels.triton._aot import specialisations
-from mixkernels.triton._launch import device_guard, unit_column_stride
+from mixkernels.triton._launch import NO_FP_FUSION, device_guard, sm_count, unit_column_stride
 
 __all__ = [
     "mix_rows_forward",
@@ -302,9 +300,8 @@ SHIPPED_CONFIGS = [
 _TRITON_DTYPE = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
-# A mix is two products then a sum, as eager PyTorch and the CPU and CUDA
-# kernels round it: Triton would otherwise fuse them into an fma on the GPU.
-COMPILE_OPTIONS = {"enable_fp_fusion": False}
+# The forward and in-place mixes are two products then a sum (no fma).
+COMPILE_OPTIONS = NO_FP_FUSION
 
 
 def aot_cases(kernel_name: str, constexprs: dict, dtype: torch.dtype) -> list[dict]:
@@ -352,21 +349,6 @@ def aot_cases(kernel_name: str, constexprs: dict, dtype: torch.dtype) -> list[di
         if kernel_name in ("forward", "inplace"):
             case["options"] = dict(COMPILE_OPTIONS)
     return cases
-
-
-@functools.lru_cache(maxsize=None)
-def _cuda_sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _sm_count(device: torch.device) -> int:
-    """Streaming multiprocessors of ``device``; under the interpreter (CPU
-    tensors) a small stand-in, so that the tests reach the multi-program
-    paths with small shapes."""
-    if device.type == "cuda":
-        return _cuda_sm_count(device.index if device.index is not None
-                              else torch.cuda.current_device())
-    return 2
 
 
 def mix_rows_forward(x: torch.Tensor, src: torch.Tensor, w_self: torch.Tensor,
@@ -424,7 +406,7 @@ def mix_rows_inplace(x: torch.Tensor, src: torch.Tensor, w_self: torch.Tensor,
         return
     cfg = launch_config("inplace", n_rows, n_cols, x.dtype)
     n_strips = triton.cdiv(n_cols, cfg["BLOCK_N"])
-    sms = _sm_count(x.device)
+    sms = sm_count(x.device)
     if cfg["USE_SCRATCH"] and n_strips < sms:
         x.copy_(mix_rows_forward(x, src, w_self, w_src))
         return
@@ -477,7 +459,7 @@ def mix_rows_dots(grad: torch.Tensor, x: torch.Tensor, src: torch.Tensor) -> tor
     cfg = launch_config("dots", n_rows, n_cols, x.dtype)
     n_row_blocks = triton.cdiv(n_rows, cfg["BLOCK_R"])
     n_chunks = triton.cdiv(n_cols, cfg["BLOCK_N"])
-    chunks_per_split = _dots_chunks_per_split(n_row_blocks, n_chunks, _sm_count(x.device))
+    chunks_per_split = _dots_chunks_per_split(n_row_blocks, n_chunks, sm_count(x.device))
     n_splits = triton.cdiv(n_chunks, chunks_per_split)
     partial = torch.empty((n_rows, n_splits, 2), dtype=torch.float32, device=x.device)
     with device_guard(x):
