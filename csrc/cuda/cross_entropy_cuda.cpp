@@ -16,30 +16,14 @@
 #include "mixkernels/checks.h"
 
 #include "cross_entropy_kernel.h"
+#include "op_utils.h"
 
 namespace mixkernels {
 namespace {
 
-gpu::DType kernel_dtype(at::ScalarType type) {
-  switch (type) {
-    case at::kFloat: return gpu::DType::kFloat32;
-    case at::kBFloat16: return gpu::DType::kBFloat16;
-    case at::kHalf: return gpu::DType::kFloat16;
-    default: break;
-  }
-  TORCH_CHECK(false, "mixkernels: unsupported dtype ", type, " for the CUDA kernels");
-}
-
-void check_on_cuda(const at::Tensor& logits) {
-  TORCH_CHECK(logits.is_cuda(), "mixkernels: the CUDA kernels need logits on a CUDA device, got ",
-              logits.device());
-}
-
 at::Tensor row_output(const at::Tensor& logits) {
   return at::empty({logits.size(0)}, logits.options().dtype(at::kFloat));
 }
-
-int multiprocessor_count() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
 
 std::tuple<at::Tensor, at::Tensor> mixup_cross_entropy_cuda(const at::Tensor& logits,
                                                             const at::Tensor& y_a,
@@ -47,7 +31,7 @@ std::tuple<at::Tensor, at::Tensor> mixup_cross_entropy_cuda(const at::Tensor& lo
                                                             const at::Tensor& lam,
                                                             double label_smoothing) {
   check_mixup_ce_inputs(logits, y_a, y_b, lam);
-  check_on_cuda(logits);
+  check_on_cuda(logits, "logits");
   const c10::cuda::CUDAGuard device_guard(logits.device());
   at::Tensor loss = row_output(logits);
   at::Tensor lse = row_output(logits);
@@ -73,7 +57,7 @@ at::Tensor mixup_cross_entropy_backward_cuda(const at::Tensor& grad_loss, const 
                                              const at::Tensor& lam, const at::Tensor& lse,
                                              double label_smoothing) {
   check_mixup_ce_inputs(logits, y_a, y_b, lam);
-  check_on_cuda(logits);
+  check_on_cuda(logits, "logits");
   const int64_t batch = logits.size(0);
   check_row_vector(grad_loss, "grad_loss", batch, at::kFloat, logits);
   check_row_vector(lse, "lse", batch, at::kFloat, logits);
@@ -101,7 +85,7 @@ at::Tensor mixup_cross_entropy_backward_cuda(const at::Tensor& grad_loss, const 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_target_cross_entropy_cuda(
     const at::Tensor& logits, const at::Tensor& target) {
   check_soft_target_inputs(logits, target);
-  check_on_cuda(logits);
+  check_on_cuda(logits, "logits");
   const c10::cuda::CUDAGuard device_guard(logits.device());
   at::Tensor loss = row_output(logits);
   at::Tensor lse = row_output(logits);
@@ -127,7 +111,7 @@ std::tuple<at::Tensor, at::Tensor> soft_target_cross_entropy_backward_cuda(
     const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
     const at::Tensor& lse, const at::Tensor& target_sum, bool needs_target_grad) {
   check_soft_target_inputs(logits, target);
-  check_on_cuda(logits);
+  check_on_cuda(logits, "logits");
   const int64_t batch = logits.size(0);
   check_row_vector(grad_loss, "grad_loss", batch, at::kFloat, logits);
   check_row_vector(lse, "lse", batch, at::kFloat, logits);

@@ -20,29 +20,16 @@
 #include "mixkernels/image_checks.h"
 
 #include "mix_images_kernel.h"
+#include "op_utils.h"
 
 namespace mixkernels {
 namespace {
-
-gpu::DType image_kernel_dtype(at::ScalarType type) {
-  switch (type) {
-    case at::kFloat: return gpu::DType::kFloat32;
-    case at::kBFloat16: return gpu::DType::kBFloat16;
-    case at::kHalf: return gpu::DType::kFloat16;
-    default: break;
-  }
-  TORCH_CHECK(false, "mixkernels: unsupported dtype ", type, " for the CUDA kernels");
-}
-
-void check_images_on_cuda(const at::Tensor& x) {
-  TORCH_CHECK(x.is_cuda(), "mixkernels: the CUDA kernels need x on a CUDA device, got ", x.device());
-}
 
 gpu::MixImagesArgs mix_images_args(const at::Tensor& x, const ImageLayout& layout, const at::Tensor& src,
                                    const at::Tensor& w_self, const at::Tensor& w_src,
                                    const at::Tensor& box_self, const at::Tensor& box_src) {
   gpu::MixImagesArgs args{};
-  args.dtype = image_kernel_dtype(x.scalar_type());
+  args.dtype = kernel_dtype(x.scalar_type());
   args.x = x.const_data_ptr();
   args.src = src.const_data_ptr<int64_t>();
   args.w_self = w_self.const_data_ptr<float>();
@@ -58,8 +45,6 @@ gpu::MixImagesArgs mix_images_args(const at::Tensor& x, const ImageLayout& layou
   return args;
 }
 
-int multiprocessor_count() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
-
 int max_shared_bytes_per_block() {
   return static_cast<int>(at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin);
 }
@@ -67,7 +52,7 @@ int max_shared_bytes_per_block() {
 at::Tensor mix_images_cuda(const at::Tensor& x, const at::Tensor& src, const at::Tensor& w_self,
                            const at::Tensor& w_src, const at::Tensor& box_self, const at::Tensor& box_src) {
   const ImageLayout layout = check_mix_images_inputs(x, src, w_self, w_src, box_self, box_src);
-  check_images_on_cuda(x);
+  check_on_cuda(x, "x");
   const c10::cuda::CUDAGuard device_guard(x.device());
   // x is dense (contiguous or channels-last), so empty_like keeps its strides:
   // image i of out starts i * C * H * W elements in, its lines laid out as x's.
@@ -83,7 +68,7 @@ at::Tensor mix_images_cuda(const at::Tensor& x, const at::Tensor& src, const at:
 void mix_images_inplace_cuda(const at::Tensor& x, const at::Tensor& src, const at::Tensor& w_self,
                              const at::Tensor& w_src, const at::Tensor& box_self, const at::Tensor& box_src) {
   const ImageLayout layout = check_mix_images_inputs(x, src, w_self, w_src, box_self, box_src);
-  check_images_on_cuda(x);
+  check_on_cuda(x, "x");
   const c10::cuda::CUDAGuard device_guard(x.device());
   const gpu::MixImagesArgs args = mix_images_args(x, layout, src, w_self, w_src, box_self, box_src);
   const int max_shared_bytes = max_shared_bytes_per_block();

@@ -17,29 +17,15 @@
 #include "mixkernels/mix_checks.h"
 
 #include "mix_rows_kernel.h"
+#include "op_utils.h"
 
 namespace mixkernels {
 namespace {
 
-gpu::DType mix_kernel_dtype(at::ScalarType type) {
-  switch (type) {
-    case at::kFloat: return gpu::DType::kFloat32;
-    case at::kBFloat16: return gpu::DType::kBFloat16;
-    case at::kHalf: return gpu::DType::kFloat16;
-    default: break;
-  }
-  TORCH_CHECK(false, "mixkernels: unsupported dtype ", type, " for the CUDA kernels");
-}
-
-void check_x_on_cuda(const at::Tensor& x) {
-  TORCH_CHECK(x.is_cuda(), "mixkernels: the CUDA kernels need x on a CUDA device, got ",
-              x.device());
-}
-
 gpu::MixRowsArgs mix_rows_args(const at::Tensor& x, const at::Tensor& src,
                                const at::Tensor& w_self, const at::Tensor& w_src) {
   gpu::MixRowsArgs args{};
-  args.dtype = mix_kernel_dtype(x.scalar_type());
+  args.dtype = kernel_dtype(x.scalar_type());
   args.x = x.const_data_ptr();
   args.x_row_stride = x.stride(0);
   args.src = src.const_data_ptr<int64_t>();
@@ -50,8 +36,6 @@ gpu::MixRowsArgs mix_rows_args(const at::Tensor& x, const at::Tensor& src,
   return args;
 }
 
-int multiprocessor_count() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
-
 int max_shared_bytes_per_block() {
   return static_cast<int>(at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin);
 }
@@ -59,7 +43,7 @@ int max_shared_bytes_per_block() {
 at::Tensor mix_rows_cuda(const at::Tensor& x, const at::Tensor& src, const at::Tensor& w_self,
                          const at::Tensor& w_src) {
   check_mix_rows_inputs(x, src, w_self, w_src);
-  check_x_on_cuda(x);
+  check_on_cuda(x, "x");
   const c10::cuda::CUDAGuard device_guard(x.device());
   at::Tensor out = at::empty({x.size(0), x.size(1)}, x.options());
   C10_CUDA_CHECK(gpu::mix_rows(mix_rows_args(x, src, w_self, w_src), out.mutable_data_ptr(),
@@ -71,7 +55,7 @@ void mix_rows_inplace_cuda(const at::Tensor& x, const at::Tensor& src, const at:
                            const at::Tensor& w_src) {
   check_mix_rows_inputs(x, src, w_self, w_src);
   check_mix_rows_inplace_target(x);
-  check_x_on_cuda(x);
+  check_on_cuda(x, "x");
   const c10::cuda::CUDAGuard device_guard(x.device());
   const gpu::MixRowsArgs args = mix_rows_args(x, src, w_self, w_src);
   const int max_shared_bytes = max_shared_bytes_per_block();
@@ -88,12 +72,12 @@ void mix_rows_inplace_cuda(const at::Tensor& x, const at::Tensor& src, const at:
 
 at::Tensor mix_rows_dots_cuda(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& src) {
   check_mix_rows_dots_inputs(grad, x, src);
-  check_x_on_cuda(x);
+  check_on_cuda(x, "x");
   const c10::cuda::CUDAGuard device_guard(x.device());
   at::Tensor out = at::empty({x.size(0), 2}, x.options().dtype(at::kFloat));
 
   gpu::MixRowsDotsArgs args{};
-  args.dtype = mix_kernel_dtype(x.scalar_type());
+  args.dtype = kernel_dtype(x.scalar_type());
   args.grad = grad.const_data_ptr();
   args.grad_row_stride = grad.stride(0);
   args.x = x.const_data_ptr();
