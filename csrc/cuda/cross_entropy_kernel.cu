@@ -36,6 +36,7 @@
 #include <cuda_runtime.h>
 #include <math_constants.h>
 
+#include "launch_config.cuh"
 #include "mixkernels/cross_entropy_math.h"
 
 #include "cross_entropy_kernel.h"
@@ -541,34 +542,6 @@ dim3 forward_grid(int64_t batch) {
   return dim3(static_cast<unsigned>(blocks < kMaxGridX ? blocks : kMaxGridX));
 }
 
-struct LaunchConfig {
-  dim3 grid;
-  dim3 block;
-};
-
-// 2-D configuration of the elementwise backward kernels (see the file header).
-LaunchConfig backward_config(int64_t batch, int64_t num_columns, int vec, int num_sms) {
-  const int64_t vectors_per_row = ceil_div(num_columns, vec);
-  int threads_x = 1;
-  while (threads_x < vectors_per_row && threads_x < kBackwardThreads) threads_x *= 2;
-  const int threads_y = kBackwardThreads / threads_x;
-
-  int64_t column_blocks = ceil_div(vectors_per_row, threads_x);
-  const int64_t row_blocks = ceil_div(batch, threads_y);
-  // Coarsen along the row only while the grid stays large: each thread then
-  // loads the row's scalars (lse, labels, ...) once for several vectors.
-  const int64_t enough_blocks = static_cast<int64_t>(num_sms > 0 ? num_sms : 1) * 8;
-  for (int coarsening = 1; coarsening < 4 && column_blocks > 1; coarsening *= 2) {
-    const int64_t fewer = ceil_div(column_blocks, 2);
-    if (fewer * row_blocks < enough_blocks) break;
-    column_blocks = fewer;
-  }
-  LaunchConfig config;
-  config.block = dim3(static_cast<unsigned>(threads_x), static_cast<unsigned>(threads_y));
-  config.grid = dim3(static_cast<unsigned>(column_blocks < kMaxGridX ? column_blocks : kMaxGridX),
-                     static_cast<unsigned>(row_blocks < kMaxGridY ? row_blocks : kMaxGridY));
-  return config;
-}
 
 bool empty_problem(int64_t batch, int64_t num_columns) { return batch <= 0 || num_columns <= 0; }
 
@@ -591,8 +564,8 @@ cudaError_t mixup_ce_backward(const MixupCeBackwardArgs& args, int num_sms, cuda
   if (empty_problem(args.batch, args.num_classes)) return cudaSuccess;
   return dispatch_dtype(args.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    const LaunchConfig config =
-        backward_config(args.batch, args.num_classes, kVectorBytes / sizeof(T), num_sms);
+    const launch::LaunchConfig config = launch::elementwise_config(args.batch, args.num_classes, kVectorBytes / sizeof(T),
+                                                                   num_sms, kBackwardThreads);
     // 1/C is divided on the host: the same correctly rounded float as on the
     // device, without the device division's slow-path subroutine call.
     const float inv_num_classes = 1.0f / static_cast<float>(args.num_classes);
@@ -621,8 +594,8 @@ cudaError_t soft_target_ce_backward(const SoftTargetCeBackwardArgs& args, int nu
   return dispatch_dtype_pair(args.logits_dtype, args.target_dtype, [&](auto logits_tag, auto target_tag) {
     using T = typename decltype(logits_tag)::type;
     using TT = typename decltype(target_tag)::type;
-    const LaunchConfig config =
-        backward_config(args.batch, args.num_classes, kSoftTargetVec<T, TT>, num_sms);
+    const launch::LaunchConfig config = launch::elementwise_config(args.batch, args.num_classes, kSoftTargetVec<T, TT>,
+                                                                   num_sms, kBackwardThreads);
     if (args.grad_target != nullptr) {
       soft_target_ce_backward_kernel<T, TT, true><<<config.grid, config.block, 0, stream>>>(args);
     } else {

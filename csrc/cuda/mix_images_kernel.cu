@@ -54,6 +54,7 @@
 #include <cuda_runtime.h>
 #include <math_constants.h>
 
+#include "launch_config.cuh"
 #include "mixkernels/mix_math.h"
 
 #include "mix_images_kernel.h"
@@ -530,34 +531,6 @@ int64_t element_size(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
 
 int64_t capped(int64_t value, int64_t limit) { return value < limit ? value : limit; }
 
-struct LaunchConfig {
-  dim3 grid;
-  dim3 block;
-};
-
-// 2-D configuration of mix_images (see the file header; as mix_rows).
-LaunchConfig elementwise_config(int64_t batch, int64_t sample_elements, int vec, int num_sms) {
-  const int64_t vectors_per_image = ceil_div(sample_elements, vec);
-  int threads_x = 1;
-  while (threads_x < vectors_per_image && threads_x < kThreads) threads_x *= 2;
-  const int threads_y = kThreads / threads_x;
-
-  int64_t column_blocks = ceil_div(vectors_per_image, threads_x);
-  const int64_t image_blocks = ceil_div(batch, threads_y);
-  // Coarsen along the image only while the grid stays large: each thread then
-  // loads its image's parameters once for several vectors.
-  const int64_t enough_blocks = static_cast<int64_t>(num_sms > 0 ? num_sms : 1) * 8;
-  for (int coarsening = 1; coarsening < 4 && column_blocks > 1; coarsening *= 2) {
-    const int64_t fewer = ceil_div(column_blocks, 2);
-    if (fewer * image_blocks < enough_blocks) break;
-    column_blocks = fewer;
-  }
-  LaunchConfig config;
-  config.block = dim3(static_cast<unsigned>(threads_x), static_cast<unsigned>(threads_y));
-  config.grid = dim3(static_cast<unsigned>(capped(column_blocks, kMaxGridX)),
-                     static_cast<unsigned>(capped(image_blocks, kMaxGridY)));
-  return config;
-}
 
 // The in-place strip plan; false when one 16-byte slot per image does not fit
 // the device's shared memory (then the caller needs a temporary batch).
@@ -598,7 +571,8 @@ cudaError_t mix_images(const MixImagesArgs& args, void* out, int num_sms, cudaSt
   return dispatch(args.dtype, args.sample_elements, [&](auto storage, auto index) {
     using T = typename decltype(storage)::type;
     using Index = typename decltype(index)::type;
-    const LaunchConfig config = elementwise_config(args.batch, args.sample_elements, kVec<T>, num_sms);
+    const launch::LaunchConfig config = launch::elementwise_config(args.batch, args.sample_elements, kVec<T>,
+                                                                   num_sms, kThreads);
     mix_images_kernel<T, Index><<<config.grid, config.block, 0, stream>>>(args, static_cast<T*>(out));
     return cudaGetLastError();
   });

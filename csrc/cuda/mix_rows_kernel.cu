@@ -53,6 +53,7 @@
 #include <cuda_runtime.h>
 #include <math_constants.h>
 
+#include "launch_config.cuh"
 #include "mixkernels/mix_math.h"
 
 #include "mix_rows_kernel.h"
@@ -516,34 +517,6 @@ int64_t element_size(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
 
 int64_t capped(int64_t value, int64_t limit) { return value < limit ? value : limit; }
 
-struct LaunchConfig {
-  dim3 grid;
-  dim3 block;
-};
-
-// 2-D configuration of mix_rows (see the file header).
-LaunchConfig elementwise_config(int64_t batch, int64_t num_columns, int vec, int num_sms) {
-  const int64_t vectors_per_row = ceil_div(num_columns, vec);
-  int threads_x = 1;
-  while (threads_x < vectors_per_row && threads_x < kThreads) threads_x *= 2;
-  const int threads_y = kThreads / threads_x;
-
-  int64_t column_blocks = ceil_div(vectors_per_row, threads_x);
-  const int64_t row_blocks = ceil_div(batch, threads_y);
-  // Coarsen along the row only while the grid stays large: each thread then
-  // loads its row's index and weights once for several vectors.
-  const int64_t enough_blocks = static_cast<int64_t>(num_sms > 0 ? num_sms : 1) * 8;
-  for (int coarsening = 1; coarsening < 4 && column_blocks > 1; coarsening *= 2) {
-    const int64_t fewer = ceil_div(column_blocks, 2);
-    if (fewer * row_blocks < enough_blocks) break;
-    column_blocks = fewer;
-  }
-  LaunchConfig config;
-  config.block = dim3(static_cast<unsigned>(threads_x), static_cast<unsigned>(threads_y));
-  config.grid = dim3(static_cast<unsigned>(capped(column_blocks, kMaxGridX)),
-                     static_cast<unsigned>(capped(row_blocks, kMaxGridY)));
-  return config;
-}
 
 // The in-place strip plan; false when one 16-byte slot per row does not fit
 // the device's shared memory (then the caller needs a temporary batch).
@@ -605,7 +578,8 @@ cudaError_t mix_rows(const MixRowsArgs& args, void* out, int num_sms, cudaStream
   if (empty_problem(args.batch, args.num_columns)) return cudaSuccess;
   return dispatch_dtype(args.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    const LaunchConfig config = elementwise_config(args.batch, args.num_columns, kVec<T>, num_sms);
+    const launch::LaunchConfig config = launch::elementwise_config(args.batch, args.num_columns, kVec<T>,
+                                                                   num_sms, kThreads);
     mix_rows_kernel<T><<<config.grid, config.block, 0, stream>>>(args, static_cast<T*>(out));
     return cudaGetLastError();
   });
