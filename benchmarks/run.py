@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import bench_mask_mix
 from benchmarks import bench_mix_batch as mixb
 from benchmarks import bench_mixup
 from benchmarks import bench_mixup_cross_entropy as mce
@@ -29,7 +30,8 @@ from benchmarks import harness
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 # op -> module with providers(op, device, include_compile), parse_shapes(text),
 # bench_shapes(quick), run_suite(op, ...) and tables(rows)
-SUITES = {mce.MIXUP: mce, mce.SOFT: mce, mixb.OP: mixb, bench_mixup.OP: bench_mixup}
+SUITES = {mce.MIXUP: mce, mce.SOFT: mce, mixb.OP: mixb, bench_mask_mix.OP: bench_mask_mix,
+          bench_mixup.OP: bench_mixup}
 DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
                "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
@@ -62,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--shapes", default=None,
                    help='override the sweep: BxC for the losses ("512x1000,1024x32768"), BxCxHxW for '
-                        'mix_batch ("64x3x224x224"); with --op all, suites whose shapes these are not are skipped')
+                        'mix_batch, mask_mix and mixup ("64x3x224x224"); with --op all, suites whose shapes these are not are skipped')
     p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated dtypes")
     p.add_argument("--providers", default=None, help="comma-separated provider names to keep")
     p.add_argument("--no-compile", action="store_true", help="skip the torch-compile baseline")
@@ -70,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=float, default=None,
                    help="seconds of timed repetitions per provider and shape (default 2.5, quick 0.2)")
     p.add_argument("--retry-busy", type=int, default=0, metavar="N",
-                   help="suites that measure other processes' CPU use (mix_batch) wait for a quieter "
+                   help="suites that measure other processes' CPU use (mix_batch, mask_mix) wait for a quieter "
                         "machine and re-time a shape up to N times when that use exceeds 10%%")
     return p
 

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # ``benchmarks`` is a top-level folder of the checkout, not installed
     sys.path.insert(0, str(ROOT))
 
+from benchmarks import bench_mask_mix as maskb  # noqa: E402
 from benchmarks import bench_mix_batch as mixb  # noqa: E402
 from benchmarks import bench_mixup_cross_entropy as mce  # noqa: E402
 from benchmarks import harness, run  # noqa: E402
@@ -106,6 +107,33 @@ def test_mix_batch_quick_run(quick_results):
     assert all(p in table for p in expected) and "forward + backward" in table
 
 
+def test_mask_mix_quick_run(quick_results):
+    out, results = quick_results  # --op all: the mask_mix suite ran too, without torch.compile
+    device = mce.default_device()
+    expected = set(maskb.providers(maskb.OP, device, include_compile=False))
+    assert "mixkernels-cpu" in expected or device != "cpu", expected
+
+    with open(out / f"{maskb.OP}.csv", newline="") as f:
+        csv_rows = list(csv.DictReader(f))
+    timed = [r for r in csv_rows if r["metric"] in maskb.METRICS]
+    assert {(r["provider"], r["metric"], r["dtype"]) for r in timed} == {
+        (p, m, d) for p in expected for m in maskb.METRICS for d in ("float32", "bfloat16")}
+    for r in timed:
+        assert r["x_value"] == "x".join(map(str, maskb.QUICK_SHAPES[0]))
+        assert all(math.isfinite(float(r[k])) and float(r[k]) > 0 for k in ("y_median", "y_p20", "y_p80"))
+        extra = json.loads(r["extra"])
+        assert extra["agrees"], (r["provider"], r["metric"], r["dtype"], extra["max_rel_error"])
+        assert extra["mask"] == list(maskb.mask_size(maskb.QUICK_SHAPES[0]))
+
+    rows = results[maskb.OP]["rows"]
+    ratios = {(r["provider"], r["metric"], r["dtype"]) for r in rows if r["metric"].startswith("speedup_vs_")}
+    for provider in (p for p in expected if p.startswith("mixkernels-")):
+        for metric in maskb.METRICS:
+            assert (provider, f"speedup_vs_eager_{metric}", "float32") in ratios
+    table = results[maskb.OP]["markdown"]
+    assert all(p in table for p in expected) and "grads to x and the mask" in table
+
+
 def test_shapes_are_read_by_each_suite(capsys):
     assert mixb.parse_shapes("64x3x224x224, 8x3x32x32") == ((64, 3, 224, 224), (8, 3, 32, 32))
     with pytest.raises(ValueError):
@@ -143,8 +171,8 @@ def test_markdown_table_shape():
     assert len(lines) == 4 and all(line.startswith("|") and line.endswith("|") for line in lines)
 
 
-# A cold torch.compile of the three baselines (two losses, and mix_batch's forward and
-# forward + backward) takes about 20 s on 2 idle cores (a few seconds with a warm
+# A cold torch.compile of the baselines (two losses, and mix_batch's and mask_mix's forward
+# and forward + backward) takes about 30 s on 2 idle cores (a few seconds with a warm
 # inductor cache); MIXKERNELS_SMOKE_COMPILE=0 skips it.
 @pytest.mark.skipif(os.environ.get("MIXKERNELS_SMOKE_COMPILE", "1") == "0",
                     reason="MIXKERNELS_SMOKE_COMPILE=0")
@@ -163,4 +191,8 @@ def test_quick_run_with_torch_compile(tmp_path):
     rows = [r for r in results[mixb.OP]["rows"] if r["metric"] in mixb.METRICS]
     assert {(r["provider"], r["metric"]) for r in rows} == {
         (p, m) for p in (mixb.EAGER, mixb.COMPILE) for m in mixb.METRICS}
+    assert all(math.isfinite(r["y_median"]) and r["y_median"] > 0 and r["extra"]["agrees"] for r in rows)
+    rows = [r for r in results[maskb.OP]["rows"] if r["metric"] in maskb.METRICS]
+    assert {(r["provider"], r["metric"]) for r in rows} == {
+        (p, m) for p in (maskb.EAGER, maskb.COMPILE) for m in maskb.METRICS}
     assert all(math.isfinite(r["y_median"]) and r["y_median"] > 0 and r["extra"]["agrees"] for r in rows)
