@@ -88,7 +88,8 @@ def run_suite(op: str = OP, *, device=None, shapes: Sequence[Sequence[int]] | No
                     timing = harness.measure(call, device=device, warmup=warmup, rep=rep, budget_s=budget_s)
                     extra = {"mode": mode}
                     if measure_memory:
-                        extra["peak_memory_mb"] = harness.peak_memory_bytes(call, device) / 2 ** 20
+                        peak = harness.peak_memory_bytes(call, device)
+                        extra["peak_memory_mb"] = None if peak is None else peak / 2 ** 20
                     log(f"  mixup {label} {str(dtype).replace('torch.', '')} {mode} {provider}: "
                         f"{timing['median_ms']:.3f} ms")
                     rows.append(harness.make_row(
@@ -104,9 +105,13 @@ def tables(rows: Sequence[dict]) -> str:
     keys = list(dict.fromkeys((r["x_value"], r["dtype"], r["metric"].removeprefix("call_")) for r in rows))
     ms = {(r["x_value"], r["dtype"], r["metric"].removeprefix("call_"), r["provider"]): r["y_median"] for r in rows}
     mk = [p for p in providers_seen if p != TIMM]
+    mb = {(r["x_value"], r["dtype"], r["metric"].removeprefix("call_"), r["provider"]): r["extra"]["peak_memory_mb"]
+          for r in rows if r["extra"].get("peak_memory_mb") is not None}
+    mem_seen = [p for p in providers_seen if any(k[3] == p for k in mb)]
     headers = ["shape", "dtype", "mode"] + [f"{p} ms" for p in providers_seen]
     if TIMM in providers_seen:
         headers += [f"{p} vs timm" for p in mk]
+    headers += [f"{p} peak MB" for p in mem_seen]
     body = []
     for shape, dtype, mode in keys:
         row = [shape, dtype, mode] + [f"{ms[(shape, dtype, mode, p)]:.3f}" if (shape, dtype, mode, p) in ms else ""
@@ -115,6 +120,8 @@ def tables(rows: Sequence[dict]) -> str:
             timm_ms = ms.get((shape, dtype, mode, TIMM))
             row += [f"{timm_ms / ms[(shape, dtype, mode, p)]:.2f}x" if timm_ms and (shape, dtype, mode, p) in ms else ""
                     for p in mk]
+        row += [f"{mb[(shape, dtype, mode, p)]:.1f}" if (shape, dtype, mode, p) in mb else "" for p in mem_seen]
         body.append(row)
-    return ("### Mixup: one call (draw, mix in place, dense targets), median ms\n\n"
+    return ("### Mixup: one call (draw, mix in place, dense targets), median ms; peak memory of one call, "
+            "MB over what was held before it\n\n"
             + harness.markdown_table(headers, body, align=["l", "l", "l"] + ["r"] * (len(headers) - 3)))
