@@ -29,7 +29,17 @@ one batch, distinct own and partner boxes (the gradient's call), boxes
 outside the image (clamped), permutations with cycles, the in-place strip
 kernel (default and opt-in shared memory) and its temporary-batch fallback,
 more images than one grid dimension holds, and more than 2^31 elements (in
-the batch, and in one image: 64-bit index arithmetic).
+the batch, and in one image: 64-bit index arithmetic); and the mask-mixing
+ops of ``csrc/cuda/mask_mix_kernel.cu`` (mask_mix, mask_mix_backward): the
+forward and grad_x bit-exact against the CPU kernel (both round every product
+and sum to fp32) and within tolerance of ``reference.mask_mix`` in fp64,
+grad_mask within tolerance of the fp64 reference and bitwise repeatable, for
+both upsampling modes at 16x, 3x, non-integer, 1x and downsampling ratios,
+NCHW, channels-last and misaligned batches, tiles that split image rows
+(wide images) and tiles whose rows span samples (short images), many
+channels, fp32 and low-precision masks, each gradient alone, permutations
+with cycles, bad partner indices (NaN, never a stray read) and more than
+2^31 elements (in the batch, and in one image).
 
 Without a GPU, the per-sample torch computation the GPU tests compare with is
 itself checked against the CPU kernel.
@@ -48,6 +58,7 @@ import torch
 
 import mixkernels  # noqa: F401  (registers the ops)
 from mixkernels import reference
+from tests.numerics import assert_matches_ground_truth
 
 KERNEL_FAMILIES = (
     "mixup_ce_forward_kernel",
@@ -60,6 +71,10 @@ KERNEL_FAMILIES = (
     "mix_rows_dots_sum_kernel",
     "mix_images_kernel",
     "mix_images_inplace_kernel",
+    "mask_mix_kernel",
+    "mask_grad_pixels_kernel",
+    "mask_grad_gather_kernel",
+    "inverse_permutation_kernel",
 )
 
 
@@ -144,7 +159,8 @@ def test_cuda_kernels_are_registered():
         pytest.skip("extension built without CUDA")
     for op in ("mixup_cross_entropy", "mixup_cross_entropy_backward",
                "soft_target_cross_entropy", "soft_target_cross_entropy_backward",
-               "mix_rows", "mix_rows_", "mix_rows_dots", "mix_images", "mix_images_"):
+               "mix_rows", "mix_rows_", "mix_rows_dots", "mix_images", "mix_images_", "mask_mix",
+               "mask_mix_backward"):
         dump = torch._C._dispatch_dump(f"mixkernels::{op}")
         assert re.search(r"^CUDA: registered", dump, re.MULTILINE), dump
 
@@ -719,3 +735,157 @@ def test_mix_images_beyond_2_to_the_31_elements(shape):
     for (y, c), cut, old in zip(windows, crop, before):
         _check_exact(cut(x), _expected_mix_images(old, src, w_self, w_src, box_self, box_src,
                                                   y_offset=y, x_offset=c), "mix_images_")
+
+
+# ---------------------------------------------------------------------------
+# The mask-mixing ops (mask_mix, mask_mix_backward).
+
+# (B, C, H, W, h, w): 16x; 3x, not square; non-integer ratios, one per axis;
+# 1x; one pixel; one mask cell; downsampling; rows wider than a tile (the
+# tiles split them); short images (a tile's rows span samples); many channels
+# (a tile of few pixels); 14 -> 64, as AutoMix's 14 -> 224.
+MASK_SHAPES = ((3, 3, 48, 48, 3, 3), (7, 2, 12, 15, 4, 5), (7, 1, 7, 10, 5, 3), (3, 4, 6, 5, 6, 5),
+               (1, 3, 1, 1, 1, 1), (3, 2, 4, 5, 1, 1), (3, 2, 4, 5, 6, 8), (2, 3, 5, 1100, 3, 37),
+               (65, 3, 2, 3, 1, 2), (3, 600, 3, 5, 2, 2), (4, 3, 64, 64, 14, 14))
+MASK_MODES = ("bilinear", "nearest")
+
+
+def _mask_mix_inputs(shape, dtype, layout, mask_dtype=torch.float32):
+    batch, channels, height, width, h, w = shape
+    x = _image_input((batch, channels, height, width), dtype, layout)
+    grad = _image_input((batch, channels, height, width), dtype, layout)
+    src = _perm_with_cycle(batch)
+    # Values outside [0, 1] too: the ops must not assume a probability.
+    mask = (1.5 * torch.rand(batch, 1, h, w, device="cuda") - 0.25).to(mask_dtype)
+    return x, grad, src, mask
+
+
+def _mask_mix_grads(x, src, mask, grad, mode, dtype, mask_dtype):
+    """(out, grad_x, grad_mask) of reference.mask_mix with x in `dtype` and the mask in `mask_dtype`."""
+    xr = x.detach().to(dtype).requires_grad_()
+    mr = mask.detach().to(mask_dtype).requires_grad_()
+    out = reference.mask_mix(xr, src, mr, mode)
+    grad_x, grad_mask = torch.autograd.grad(out, (xr, mr), grad.to(out.dtype))
+    return out.detach(), grad_x, grad_mask
+
+
+def _check_against_reference(results, x, src, mask, grad, mode):
+    """The CUDA results within twice plain PyTorch's error against fp64 (tests/numerics.py)."""
+    baseline = _mask_mix_grads(x, src, mask, grad, mode, x.dtype, mask.dtype)
+    truth = _mask_mix_grads(x, src, mask, grad, mode, torch.float64, torch.float64)
+    for name, actual, base, true, dtype in zip(("mask_mix", "grad_x", "grad_mask"), results, baseline, truth,
+                                               (x.dtype, x.dtype, mask.dtype)):
+        assert actual.dtype == dtype, name
+        assert_matches_ground_truth(actual, base, true, dtype, name, scale_floor=1.0)
+
+
+def _check_bits(actual, expected, what):
+    """Bit-exact equality (NaNs included), in any memory format."""
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape, what
+    bits = {4: torch.int32, 2: torch.int16}[actual.element_size()]
+    assert torch.equal(actual.contiguous().view(bits), expected.contiguous().view(bits)), what
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", MASK_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("layout", IMAGE_LAYOUTS)
+@pytest.mark.parametrize("mode", MASK_MODES)
+def test_mask_mix_cuda_matches_the_cpu_kernel_and_the_reference(dtype, shape, layout, mode):
+    x, grad, src, mask = _mask_mix_inputs(shape, dtype, layout)
+    bilinear = mode == "bilinear"
+    ops = torch.ops.mixkernels
+    out = ops.mask_mix(x, src, mask, bilinear)
+    assert out.stride() == x.stride()
+    cpu_out = ops.mask_mix(x.cpu(), src.cpu(), mask.cpu(), bilinear)
+    _check_bits(out.cpu(), cpu_out, "mask_mix against the CPU kernel")
+
+    grad_x, grad_mask = ops.mask_mix_backward(grad, x, src, mask, bilinear, True, True)
+    assert grad_x.stride() == x.stride()
+    cpu_grad_x, _ = ops.mask_mix_backward(grad.cpu(), x.cpu(), src.cpu(), mask.cpu(), bilinear, True, False)
+    _check_bits(grad_x.cpu(), cpu_grad_x, "grad_x against the CPU kernel")
+
+    _check_against_reference((out, grad_x, grad_mask), x, src, mask, grad, mode)
+
+    # Deterministic: the same bits again.
+    again_x, again_mask = ops.mask_mix_backward(grad, x, src, mask, bilinear, True, True)
+    _check_bits(again_x, grad_x, "grad_x repeated")
+    _check_bits(again_mask, grad_mask, "grad_mask repeated")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16), ids=str)
+@pytest.mark.parametrize("mode", MASK_MODES)
+def test_mask_mix_cuda_mask_in_x_dtype(dtype, mode):
+    shape = (5, 3, 40, 24, 5, 3)
+    x, grad, src, mask = _mask_mix_inputs(shape, dtype, "channels_last", mask_dtype=dtype)
+    bilinear = mode == "bilinear"
+    ops = torch.ops.mixkernels
+    _check_bits(ops.mask_mix(x, src, mask, bilinear).cpu(), ops.mask_mix(x.cpu(), src.cpu(), mask.cpu(), bilinear),
+                "mask_mix with a low-precision mask")
+    out = ops.mask_mix(x, src, mask, bilinear)
+    grad_x, grad_mask = ops.mask_mix_backward(grad, x, src, mask, bilinear, True, True)
+    _check_against_reference((out, grad_x, grad_mask), x, src, mask, grad, mode)
+
+
+@pytest.mark.gpu
+def test_mask_mix_cuda_computes_only_the_gradients_asked_for():
+    x, grad, src, mask = _mask_mix_inputs((4, 3, 20, 18, 4, 3), torch.float32, "nchw")
+    ops = torch.ops.mixkernels
+    both = ops.mask_mix_backward(grad, x, src, mask, True, True, True)
+    grad_x, no_mask = ops.mask_mix_backward(grad, x, src, mask, True, True, False)
+    no_x, grad_mask = ops.mask_mix_backward(grad, x, src, mask, True, False, True)
+    assert no_mask.shape == (0,) and no_x.shape == (0,)
+    _check_bits(grad_x, both[0], "grad_x alone")
+    _check_bits(grad_mask, both[1], "grad_mask alone")
+    none_x, none_mask = ops.mask_mix_backward(grad, x, src, mask, True, False, False)
+    assert none_x.shape == (0,) and none_mask.shape == (0,)
+
+
+@pytest.mark.gpu
+def test_mask_mix_cuda_bad_partner_index_gives_nan():
+    """src is not validated on the GPU: an index outside [0, B) gives NaN, never a stray read."""
+    x, grad, _, mask = _mask_mix_inputs((3, 2, 9, 7, 3, 2), torch.float32, "nchw")
+    src = torch.tensor([7, 0, -1], device="cuda")
+    ops = torch.ops.mixkernels
+    out = ops.mask_mix(x, src, mask, True)
+    assert torch.isnan(out[0]).all() and torch.isnan(out[2]).all()
+    good = ops.mask_mix(x.cpu(), torch.tensor([1, 0, 2]), mask.cpu(), True)
+    _check_bits(out[1].cpu(), good[1], "the image with a valid partner")
+    grad_x, grad_mask = ops.mask_mix_backward(grad, x, src, mask, True, True, True)
+    # Image 0 names no valid partner and only image 1 names it; images 1 and 2 are named by none.
+    assert torch.isnan(grad_mask[0]).all() and torch.isnan(grad_mask[2]).all()
+    assert not torch.isnan(grad_mask[1]).any()
+    assert torch.isnan(grad_x[1]).all() and torch.isnan(grad_x[2]).all()
+    assert not torch.isnan(grad_x[0]).any()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", ((3, 1, 2**15, 2**15), (2, 1, 2, 2**30 + 8)),
+                         ids=("batch-over-2^31", "image-over-2^31"))
+def test_mask_mix_beyond_2_to_the_31_elements(shape):
+    """B * C * H * W > 2^31 (bf16): sample offsets must be 64-bit; C * H * W >
+    2^31: the 64-bit index variant. A one-cell nearest mask is a constant per
+    sample, so windows at both ends of the last lines can be checked alone."""
+    numel = torch.Size(shape).numel()
+    free, _ = torch.cuda.mem_get_info()
+    if free < 3.5 * numel * 2:
+        pytest.skip(f"needs about {3.5 * numel * 2 / 2**30:.0f} GiB of free GPU memory")
+    batch = shape[0]
+    x = torch.empty(shape, device="cuda", dtype=torch.bfloat16)
+    x[..., -2:, :1000].normal_()
+    x[..., -2:, -1000:].normal_()
+    src = torch.arange(batch, device="cuda").roll(1)
+    mask = torch.rand(batch, 1, 1, 1, device="cuda")
+    m = mask.view(batch, 1, 1, 1)
+    windows = [lambda t: t[..., -2:, :1000], lambda t: t[..., -2:, -1000:]]
+    out = torch.ops.mixkernels.mask_mix(x, src, mask, False)
+    for cut in windows:
+        expected = (m * cut(x).float() + (1 - m) * cut(x).float()[src]).to(torch.bfloat16)
+        _check_bits(cut(out), expected, "mask_mix")
+    del out
+    grad_x, _ = torch.ops.mixkernels.mask_mix_backward(x, x, src, mask, False, True, False)
+    inv = torch.argsort(src)
+    for cut in windows:
+        expected = (m * cut(x).float() + (1 - m[inv]) * cut(x).float()[inv]).to(torch.bfloat16)
+        _check_bits(cut(grad_x), expected, "grad_x")

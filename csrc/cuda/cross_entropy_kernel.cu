@@ -36,19 +36,21 @@
 #include <cuda_runtime.h>
 #include <math_constants.h>
 
+#include "dtype_dispatch.cuh"
 #include "launch_config.cuh"
 #include "mixkernels/cross_entropy_math.h"
+#include "vec_io.cuh"
 
 #include "cross_entropy_kernel.h"
 
 namespace mixkernels::gpu {
 namespace {
 
-constexpr int kWarpSize = 32;
-constexpr int kVectorBytes = 16;
+using launch::ceil_div;
+using launch::kMaxGridX;
+using launch::kWarpSize;
+
 constexpr int kBackwardThreads = 256;
-constexpr int64_t kMaxGridX = 2147483647;  // 2^31 - 1
-constexpr int64_t kMaxGridY = 65535;
 // Every kernel declares room for 1024 resident threads per SM (half of an
 // A100/H100 SM), which caps it at 64 registers. Declaring only the block size
 // lets ptxas pick a much lower target (40 registers, with spills, seen with
@@ -57,8 +59,6 @@ constexpr int kResidentThreadsPerSm = 1024;
 constexpr int min_blocks_per_sm(int threads_per_block) {
   return threads_per_block >= kResidentThreadsPerSm ? 1 : kResidentThreadsPerSm / threads_per_block;
 }
-
-constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // ---------------------------------------------------------------------------
 // Storage conversions (explicit: torch builds with __CUDA_NO_HALF_CONVERSIONS__
@@ -87,12 +87,6 @@ __device__ __forceinline__ __half from_float<__half>(float x) { return __float2h
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Pack {
   T v[N];
-};
-
-// Tag carrying the number of columns a visitor call covers.
-template <int N>
-struct Width {
-  static constexpr int value = N;
 };
 
 // Loads go through an integer vector register of the pack's size with
@@ -167,27 +161,17 @@ __device__ __forceinline__ void store_pack(T* p, const Pack<T, N>& value) {
   }
 }
 
-// Elements from p to the first address that is a multiple of kAlign bytes.
-// (Tensor data is always element-aligned, so this is exact.)
-template <int kAlign, typename T>
-__device__ __forceinline__ int64_t elements_to_alignment(const T* p) {
-  const auto misalignment = static_cast<unsigned>(reinterpret_cast<uintptr_t>(p) % kAlign);
-  return misalignment == 0 ? 0 : static_cast<int64_t>((kAlign - misalignment) / sizeof(T));
-}
-
-template <int kAlign>
-__device__ __forceinline__ bool is_aligned(const void* p) {
-  return reinterpret_cast<uintptr_t>(p) % kAlign == 0;
-}
-
 // Visits the columns [0, C) of one row, shared by `num_lanes` threads of which
 // this one is `lane`: visit(c0, Width<N>{}) handles columns c0 .. c0+N-1.
 // Columns before `head` and after the last whole vector go one at a time;
 // the rest kVec at a time, at addresses the caller made aligned by its choice
-// of `head`. With vectorized == false every column goes one at a time.
+// of `head` (< kVec). With vectorized == false every column goes one at a
+// time. The special case of vec_io.cuh's for_each_column for rows that start
+// at column 0, kept apart because it compiles to tighter row set-up code for
+// these one-row-per-group kernels.
 template <int kVec, typename Visit>
-__device__ __forceinline__ void for_each_column(int64_t num_columns, int64_t head, bool vectorized,
-                                                int64_t lane, int64_t num_lanes, Visit&& visit) {
+__device__ __forceinline__ void for_each_row_column(int64_t num_columns, int64_t head, bool vectorized,
+                                                    int64_t lane, int64_t num_lanes, Visit&& visit) {
   if (!vectorized || head > num_columns) head = num_columns;
   for (int64_t c = lane; c < head; c += num_lanes) visit(c, Width<1>{});
   const int64_t num_vectors = (num_columns - head) / kVec;
@@ -277,13 +261,13 @@ __device__ __forceinline__ float row_sum_exp(const T* __restrict__ z, int64_t nu
                                              int64_t head, int lane, float row_max,
                                              float* scratch) {
   float sum_exp[1] = {0.0f};
-  for_each_column<kVec>(num_columns, head, true, lane, Group::kThreadsPerRow,
-                        [&](int64_t c0, auto width) {
-                          constexpr int N = decltype(width)::value;
-                          const Pack<T, N> zs = load_pack<N>(z + c0);
+  for_each_row_column<kVec>(num_columns, head, true, lane, Group::kThreadsPerRow,
+                            [&](int64_t c0, auto width) {
+                              constexpr int N = decltype(width)::value;
+                              const Pack<T, N> zs = load_pack<N>(z + c0);
 #pragma unroll
-                          for (int j = 0; j < N; ++j) sum_exp[0] += ::expf(to_float(zs.v[j]) - row_max);
-                        });
+                              for (int j = 0; j < N; ++j) sum_exp[0] += ::expf(to_float(zs.v[j]) - row_max);
+                            });
   group_allreduce<Group::kThreadsPerRow, 0u>(sum_exp, scratch);
   return sum_exp[0];
 }
@@ -321,17 +305,17 @@ __global__ void __launch_bounds__(Group::kThreads, min_blocks_per_sm(Group::kThr
 
     const int64_t head = elements_to_alignment<kVectorBytes>(z);
     float stats[2] = {-HUGE_VALF, 0.0f};  // max(z), sum(z)
-    for_each_column<kVec>(num_columns, head, true, lane, Group::kThreadsPerRow,
-                          [&](int64_t c0, auto width) {
-                            constexpr int N = decltype(width)::value;
-                            const Pack<T, N> zs = load_pack<N>(z + c0);
+    for_each_row_column<kVec>(num_columns, head, true, lane, Group::kThreadsPerRow,
+                              [&](int64_t c0, auto width) {
+                                constexpr int N = decltype(width)::value;
+                                const Pack<T, N> zs = load_pack<N>(z + c0);
 #pragma unroll
-                            for (int j = 0; j < N; ++j) {
-                              const float zj = to_float(zs.v[j]);
-                              stats[0] = nan_propagating_max(stats[0], zj);
-                              stats[1] += zj;
-                            }
-                          });
+                                for (int j = 0; j < N; ++j) {
+                                  const float zj = to_float(zs.v[j]);
+                                  stats[0] = nan_propagating_max(stats[0], zj);
+                                  stats[1] += zj;
+                                }
+                              });
     group_allreduce<Group::kThreadsPerRow, 0b01u>(stats, scratch[0]);
     const float row_max = stats[0];
     const float sum_exp = row_sum_exp<Group, kVec>(z, num_columns, head, lane, row_max, scratch[1]);
@@ -372,20 +356,20 @@ __global__ void __launch_bounds__(kBackwardThreads, min_blocks_per_sm(kBackwardT
     // has the same misalignment (always so for contiguous logits).
     const int64_t head = elements_to_alignment<kVectorBytes>(grad);
     const bool vectorized = is_aligned<kVectorBytes>(z + head);
-    for_each_column<kVec>(num_columns, head, vectorized, lane, num_lanes,
-                          [&](int64_t c0, auto width) {
-                            constexpr int N = decltype(width)::value;
-                            const Pack<T, N> zs = load_pack<N>(z + c0);
-                            Pack<T, N> out;
+    for_each_row_column<kVec>(num_columns, head, vectorized, lane, num_lanes,
+                              [&](int64_t c0, auto width) {
+                                constexpr int N = decltype(width)::value;
+                                const Pack<T, N> zs = load_pack<N>(z + c0);
+                                Pack<T, N> out;
 #pragma unroll
-                            for (int j = 0; j < N; ++j) {
-                              const float target = mixup_ce_target(c0 + j, y_a, y_b, lam, smoothing,
-                                                                   inv_num_classes);
-                              out.v[j] = from_float<T>(
-                                  cross_entropy_grad(to_float(zs.v[j]), lse, grad_loss, 1.0f, target));
-                            }
-                            store_pack<N>(grad + c0, out);
-                          });
+                                for (int j = 0; j < N; ++j) {
+                                  const float target = mixup_ce_target(c0 + j, y_a, y_b, lam, smoothing,
+                                                                       inv_num_classes);
+                                  out.v[j] = from_float<T>(
+                                      cross_entropy_grad(to_float(zs.v[j]), lse, grad_loss, 1.0f, target));
+                                }
+                                store_pack<N>(grad + c0, out);
+                              });
   }
 }
 
@@ -419,20 +403,20 @@ __global__ void __launch_bounds__(Group::kThreads, min_blocks_per_sm(Group::kThr
     const int64_t head = elements_to_alignment<kVec * sizeof(T)>(z);
     const bool vectorized = is_aligned<kVec * sizeof(TT)>(t + head);
     float stats[3] = {-HUGE_VALF, 0.0f, 0.0f};  // max(z), sum(t), sum(t * z)
-    for_each_column<kVec>(num_columns, head, vectorized, lane, Group::kThreadsPerRow,
-                          [&](int64_t c0, auto width) {
-                            constexpr int N = decltype(width)::value;
-                            const Pack<T, N> zs = load_pack<N>(z + c0);
-                            const Pack<TT, N> ts = load_pack<N>(t + c0);
+    for_each_row_column<kVec>(num_columns, head, vectorized, lane, Group::kThreadsPerRow,
+                              [&](int64_t c0, auto width) {
+                                constexpr int N = decltype(width)::value;
+                                const Pack<T, N> zs = load_pack<N>(z + c0);
+                                const Pack<TT, N> ts = load_pack<N>(t + c0);
 #pragma unroll
-                            for (int j = 0; j < N; ++j) {
-                              const float zj = to_float(zs.v[j]);
-                              const float tj = to_float(ts.v[j]);
-                              stats[0] = nan_propagating_max(stats[0], zj);
-                              stats[1] += tj;
-                              stats[2] += tj * zj;
-                            }
-                          });
+                                for (int j = 0; j < N; ++j) {
+                                  const float zj = to_float(zs.v[j]);
+                                  const float tj = to_float(ts.v[j]);
+                                  stats[0] = nan_propagating_max(stats[0], zj);
+                                  stats[1] += tj;
+                                  stats[2] += tj * zj;
+                                }
+                              });
     group_allreduce<Group::kThreadsPerRow, 0b001u>(stats, scratch[0]);
     const float row_max = stats[0];
     // Pass 2 reads logits only, so its vectors need only logits' alignment.
@@ -475,7 +459,7 @@ __global__ void __launch_bounds__(kBackwardThreads, min_blocks_per_sm(kBackwardT
     const int64_t head = elements_to_alignment<kVec * sizeof(T)>(gz);
     bool vectorized = is_aligned<kVec * sizeof(T)>(z + head) && is_aligned<kVec * sizeof(TT)>(t + head);
     if constexpr (kTargetGrad) vectorized = vectorized && is_aligned<kVec * sizeof(TT)>(gt + head);
-    for_each_column<kVec>(
+    for_each_row_column<kVec>(
         num_columns, head, vectorized, lane, num_lanes, [&](int64_t c0, auto width) {
           constexpr int N = decltype(width)::value;
           const Pack<T, N> zs = load_pack<N>(z + c0);
@@ -495,22 +479,7 @@ __global__ void __launch_bounds__(kBackwardThreads, min_blocks_per_sm(kBackwardT
 }
 
 // ---------------------------------------------------------------------------
-// Launch configuration and dtype dispatch (host).
-
-template <typename T>
-struct TypeTag {
-  using type = T;
-};
-
-template <typename F>
-cudaError_t dispatch_dtype(DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::kFloat32: return f(TypeTag<float>{});
-    case DType::kBFloat16: return f(TypeTag<__nv_bfloat16>{});
-    case DType::kFloat16: return f(TypeTag<__half>{});
-  }
-  return cudaErrorInvalidValue;
-}
+// Launch configuration and dtype pairs (host).
 
 // (logits, target) storage pairs the soft-target ops accept: target is fp32 or
 // logits' dtype (checks.h rejects the rest before any launch).

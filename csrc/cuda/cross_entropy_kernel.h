@@ -15,10 +15,9 @@
 
 #include <cuda_runtime.h>
 
-namespace mixkernels::gpu {
+#include "storage_dtype.h"
 
-// Storage dtype of logits, target and gradients. Arithmetic is always fp32.
-enum class DType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
+namespace mixkernels::gpu {
 
 struct MixupCeForwardArgs {
   DType dtype;                 // of logits

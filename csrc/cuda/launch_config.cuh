@@ -1,4 +1,4 @@
-// Host-side launch configuration shared by the CUDA kernel files (torch-free).
+// Launch configuration shared by the CUDA kernel files (torch-free).
 #pragma once
 
 #include <cstdint>
@@ -6,6 +6,21 @@
 #include <cuda_runtime.h>
 
 namespace mixkernels::gpu::launch {
+
+constexpr int kWarpSize = 32;
+// Threads per block of the elementwise, strip and mask kernels.
+constexpr int kThreads = 256;
+// Room for 4 resident 256-thread blocks (1024 threads) per SM caps a kernel
+// at 64 registers, which the kernels fit without spills
+// (tests/test_cuda_build.py checks).
+constexpr int kMinBlocksPerSm = 4;
+
+// CUDA's grid limits: kernels whose work can pass them loop over the rest.
+constexpr int64_t kMaxGridX = 2147483647;  // 2^31 - 1
+constexpr int64_t kMaxGridY = 65535;
+
+constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+constexpr int64_t capped(int64_t value, int64_t limit) { return value < limit ? value : limit; }
 
 struct LaunchConfig {
   dim3 grid;
@@ -20,10 +35,6 @@ struct LaunchConfig {
 // keeps at least 8 blocks per SM, so that it loads its row's scalars once for
 // several vectors.
 inline LaunchConfig elementwise_config(int64_t rows, int64_t row_elements, int vec, int num_sms, int threads) {
-  auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
-  auto capped = [](int64_t value, int64_t limit) { return value < limit ? value : limit; };
-  constexpr int64_t kMaxGridX = 2147483647;  // 2^31 - 1
-  constexpr int64_t kMaxGridY = 65535;
   const int64_t vectors_per_row = ceil_div(row_elements, vec);
   int threads_x = 1;
   while (threads_x < vectors_per_row && threads_x < threads) threads_x *= 2;

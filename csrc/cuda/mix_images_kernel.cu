@@ -48,167 +48,30 @@
 //   (S * sizeof(T) not a multiple of 16) move slot by slot element-wise.
 #include <cstdint>
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_pipeline.h>
 #include <cuda_runtime.h>
 #include <math_constants.h>
 
+#include "dtype_dispatch.cuh"
 #include "launch_config.cuh"
 #include "mixkernels/mix_math.h"
+#include "strip_plan.cuh"
+#include "vec_io.cuh"
 
 #include "mix_images_kernel.h"
 
 namespace mixkernels::gpu {
 namespace {
 
-constexpr int kVectorBytes = 16;
-constexpr int kThreads = 256;
-constexpr int64_t kMaxGridX = 2147483647;  // 2^31 - 1
-constexpr int64_t kMaxGridY = 65535;
-// Room for 4 resident blocks (1024 threads) per SM caps every kernel at 64
-// registers, which they fit without spills (tests/test_cuda_build.py checks).
-constexpr int kMinBlocksPerSm = 4;
-// Shared memory a strip of the in-place kernel aims for (see mix_rows_kernel.cu).
-constexpr int64_t kStripSharedBudget = 32 * 1024;
-// Dynamic shared memory a launch may use without opting in.
-constexpr int64_t kDefaultSharedLimit = 48 * 1024;
+using launch::capped;
+using launch::ceil_div;
+using launch::kMaxGridX;
+using launch::kMinBlocksPerSm;
+using launch::kThreads;
+
 // Vectors in flight per thread in mix_images (2 loads each): 4 fit in 64
 // registers with 32-bit index arithmetic, 2 with 64-bit (4 spill on sm_90).
 template <typename Index>
 constexpr int kMixUnroll = sizeof(Index) == 4 ? 4 : 2;
-// Images with fewer elements use 32-bit index arithmetic within an image.
-constexpr int64_t kNarrowIndexLimit = int64_t{1} << 31;
-
-constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// ---------------------------------------------------------------------------
-// Storage access at the bit level (as in mix_rows_kernel.cu). Loads and
-// stores move raw bits, so a kept or pasted element is copied bit for bit;
-// conversions are explicit (torch builds with __CUDA_NO_HALF_CONVERSIONS__).
-
-template <typename T>
-struct Storage;
-template <>
-struct Storage<float> {
-  using Bits = unsigned int;
-  __device__ static float to_float(unsigned int bits) { return __uint_as_float(bits); }
-  __device__ static unsigned int from_float(float v) { return __float_as_uint(v); }
-};
-template <>
-struct Storage<__half> {
-  using Bits = unsigned short;
-  __device__ static float to_float(unsigned int bits) {
-    return __half2float(__ushort_as_half(static_cast<unsigned short>(bits)));
-  }
-  // Round to nearest even, as torch's .to(float16) does.
-  __device__ static unsigned int from_float(float v) { return __half_as_ushort(__float2half_rn(v)); }
-};
-template <>
-struct Storage<__nv_bfloat16> {
-  using Bits = unsigned short;
-  // Exact: a bfloat16 is the upper half of a float32.
-  __device__ static float to_float(unsigned int bits) { return __uint_as_float(bits << 16); }
-  __device__ static unsigned int from_float(float v) {
-    return __bfloat16_as_ushort(__float2bfloat16_rn(v));
-  }
-};
-
-template <typename T>
-constexpr int kVec = kVectorBytes / static_cast<int>(sizeof(T));  // elements per 16 bytes
-template <typename T>
-constexpr int kPerWord = 4 / static_cast<int>(sizeof(T));  // elements per 32-bit word
-
-// 16 bytes of elements; element k lives in word k / kPerWord, lower columns in
-// lower bits (little endian).
-struct alignas(16) Words {
-  unsigned int w[4];
-};
-
-template <typename T>
-__device__ __forceinline__ unsigned int element_bits(const Words& v, int k) {
-  const unsigned int word = v.w[k / kPerWord<T>];
-  if constexpr (kPerWord<T> == 1) {
-    return word;
-  } else {
-    return (word >> (16 * (k % kPerWord<T>))) & 0xffffu;
-  }
-}
-
-// `v` must start zeroed.
-template <typename T>
-__device__ __forceinline__ void put_element_bits(Words& v, int k, unsigned int bits) {
-  v.w[k / kPerWord<T>] |= bits << (kPerWord<T> == 1 ? 0 : 16 * (k % kPerWord<T>));
-}
-
-// Read-only path (ld.global.nc): mix_images reads x and writes a fresh output.
-__device__ __forceinline__ Words load_words_readonly(const void* p) {
-  const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
-  return Words{{u.x, u.y, u.z, u.w}};
-}
-
-template <typename T>
-__device__ __forceinline__ unsigned int load_bits_readonly(const T* p) {
-  return __ldg(reinterpret_cast<const typename Storage<T>::Bits*>(p));
-}
-
-// One st.global.v4.b32 in inline PTX: NVVM splits a uint4 or struct store
-// into per-element stores when the words were assembled from narrower values
-// (seen with CUDA 13.0, see cross_entropy_kernel.cu).
-__device__ __forceinline__ void store_words(void* p, const Words& v) {
-  const size_t address = __cvta_generic_to_global(p);
-  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(address), "r"(v.w[0]),
-               "r"(v.w[1]), "r"(v.w[2]), "r"(v.w[3]));
-}
-
-template <typename T>
-__device__ __forceinline__ void store_bits(T* p, unsigned int bits) {
-  using Bits = typename Storage<T>::Bits;
-  *reinterpret_cast<Bits*>(p) = static_cast<Bits>(bits);
-}
-
-// Elements from p to the first 16-byte aligned address (0 when aligned).
-// Tensor data is always element-aligned, so this is exact.
-template <typename T>
-__host__ __device__ __forceinline__ int64_t elements_to_alignment(const T* p) {
-  const auto misalignment = static_cast<unsigned>(reinterpret_cast<uintptr_t>(p) % kVectorBytes);
-  return misalignment == 0 ? 0 : static_cast<int64_t>((kVectorBytes - misalignment) / sizeof(T));
-}
-
-__device__ __forceinline__ bool is_aligned(const void* p) {
-  return reinterpret_cast<uintptr_t>(p) % kVectorBytes == 0;
-}
-
-// Tag carrying the number of columns a visitor call covers.
-template <int N>
-struct Width {
-  static constexpr int value = N;
-};
-
-// Visits the elements [begin, end) of an image, shared by `num_lanes` threads
-// of which this one is `lane`: visit(c, Width<1>{}) handles element c,
-// visit(c, Width<V>{}) elements c .. c+V-1 starting at an aligned element.
-// The aligned elements are those congruent to `head` modulo V; with
-// vectorized == false every element goes one at a time. The vector loop is
-// unrolled kUnroll times so that each thread has several loads in flight.
-template <int V, int kUnroll, typename Visit>
-__device__ __forceinline__ void for_each_column(int64_t begin, int64_t end, int64_t head,
-                                                bool vectorized, int64_t lane, int64_t num_lanes,
-                                                Visit&& visit) {
-  static_assert((V & (V - 1)) == 0, "V is a power of two");
-  int64_t vector_begin = end, vector_end = end;
-  if (vectorized && begin < end) {
-    // (head - begin) mod V, non-negative for either sign (two's complement).
-    const int64_t to_aligned = (head - begin) & (V - 1);
-    vector_begin = begin + to_aligned < end ? begin + to_aligned : end;
-    vector_end = vector_begin + (end - vector_begin) / V * V;
-  }
-  for (int64_t c = begin + lane; c < vector_begin; c += num_lanes) visit(c, Width<1>{});
-  const int64_t num_vectors = (vector_end - vector_begin) / V;
-#pragma unroll kUnroll
-  for (int64_t v = lane; v < num_vectors; v += num_lanes) visit(vector_begin + v * V, Width<V>{});
-  for (int64_t c = vector_end + lane; c < end; c += num_lanes) visit(c, Width<1>{});
-}
 
 // ---------------------------------------------------------------------------
 // Weights: which elements lie in which box.
@@ -409,14 +272,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
 // ---------------------------------------------------------------------------
 // mix_images_: in place, one strip of every image per block.
 
-struct StripPlan {
-  int64_t num_strips;
-  int64_t misalignment;     // elements image starts lie past a 16-byte boundary (0 if !vectorized)
-  int log2_strip_vectors;   // a strip is 2^log2 slots of 16 bytes per image
-  bool vectorized;          // every image has the same 16-byte misalignment
-  int shared_bytes;         // B << log2_strip_vectors slots of 16 bytes
-};
-
 // Slot (i, j) of strip s holds elements c0 .. c0+V-1 of image i, with
 // c0 = s * strip_elements - misalignment + j * V; in vectorized mode every c0
 // is an aligned element. Slots that reach outside [0, S) are filled and
@@ -440,28 +295,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   for (int64_t strip = blockIdx.x; strip < plan.num_strips; strip += gridDim.x) {
     const int64_t strip_begin = strip * strip_elements - plan.misalignment;
 
-    // Copy x[:, strip] into the tile.
-    for (int slot = threadIdx.x; slot < num_slots; slot += blockDim.x) {
-      const int64_t image = slot >> log2_vectors;
-      const int64_t c0 = strip_begin + static_cast<int64_t>(slot & strip_mask) * V;
-      const T* image_ptr = x + image * sample;
-      if (plan.vectorized && c0 >= 0 && c0 + V <= sample) {
-        __pipeline_memcpy_async(&tile[slot], image_ptr + c0, kVectorBytes);
-      } else {
-        Words values{{0u, 0u, 0u, 0u}};
-#pragma unroll
-        for (int k = 0; k < V; ++k) {
-          const int64_t c = c0 + k;
-          if (c >= 0 && c < sample) {
-            put_element_bits<T>(values, k, *reinterpret_cast<const typename Storage<T>::Bits*>(image_ptr + c));
-          }
-        }
-        tile[slot] = values;
-      }
-    }
-    __pipeline_commit();
-    __pipeline_wait_prior(0);
-    __syncthreads();
+    load_strip(tile, x, sample, sample, strip_begin, num_slots, plan);
 
     // Write the mixed strip back; both operands come from the tile.
     for (int slot = threadIdx.x; slot < num_slots; slot += blockDim.x) {
@@ -505,61 +339,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
 }
 
 // ---------------------------------------------------------------------------
-// Launch configuration and dispatch (host).
+// Launch configuration (host).
 
-template <typename T>
-struct TypeTag {
-  using type = T;
-};
-
-// The storage type of `dtype` and the index type of the image size, as tags.
-template <typename F>
-cudaError_t dispatch(DType dtype, int64_t sample_elements, F&& f) {
-  const bool narrow = sample_elements < kNarrowIndexLimit;
-  auto with_index = [&](auto storage) -> cudaError_t {
-    return narrow ? f(storage, TypeTag<uint32_t>{}) : f(storage, TypeTag<uint64_t>{});
-  };
-  switch (dtype) {
-    case DType::kFloat32: return with_index(TypeTag<float>{});
-    case DType::kBFloat16: return with_index(TypeTag<__nv_bfloat16>{});
-    case DType::kFloat16: return with_index(TypeTag<__half>{});
-  }
-  return cudaErrorInvalidValue;
-}
-
-int64_t element_size(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
-
-int64_t capped(int64_t value, int64_t limit) { return value < limit ? value : limit; }
-
-
-// The in-place strip plan; false when one 16-byte slot per image does not fit
-// the device's shared memory (then the caller needs a temporary batch).
-bool plan_strips(const MixImagesArgs& args, int max_shared_bytes, int num_sms, StripPlan* plan) {
-  const int64_t elem = element_size(args.dtype);
-  const int64_t vec = kVectorBytes / elem;
-  const int64_t slot_bytes = args.batch * kVectorBytes;  // one slot for every image
-  const int64_t shared_limit =
-      max_shared_bytes > kDefaultSharedLimit ? max_shared_bytes : kDefaultSharedLimit;
-  if (slot_bytes > shared_limit) return false;
-
-  plan->vectorized = args.batch == 1 || (args.sample_elements * elem) % kVectorBytes == 0;
-  const int64_t head = elements_to_alignment(static_cast<const char*>(args.x)) / elem;
-  plan->misalignment = plan->vectorized && head > 0 ? vec - head : 0;
-  const int64_t vectors_per_image = ceil_div(args.sample_elements + plan->misalignment, vec);
-
-  // Widest power-of-two strip within the budget that still leaves 2 strips
-  // per SM (small images: as many strips as vectors).
-  const int64_t min_strips = 2 * static_cast<int64_t>(num_sms > 0 ? num_sms : 1);
-  int log2_vectors = 0;
-  while ((slot_bytes << (log2_vectors + 1)) <= kStripSharedBudget &&
-         (int64_t{1} << log2_vectors) < vectors_per_image &&
-         ceil_div(vectors_per_image, int64_t{2} << log2_vectors) >= min_strips) {
-    ++log2_vectors;
-  }
-  plan->log2_strip_vectors = log2_vectors;
-  plan->num_strips = ceil_div(vectors_per_image, int64_t{1} << log2_vectors);
-  plan->shared_bytes = static_cast<int>(slot_bytes << log2_vectors);
-  return true;
+// The in-place strip plan (strip_plan.cuh, images as rows); false when one
+// 16-byte slot per image does not fit the device's shared memory (then the
+// caller needs a temporary batch).
+bool plan_image_strips(const MixImagesArgs& args, int max_shared_bytes, int num_sms, StripPlan* plan) {
+  return plan_strips(args.dtype, args.x, args.batch, args.sample_elements, args.sample_elements, max_shared_bytes,
+                     num_sms, plan);
 }
 
 bool empty_problem(const MixImagesArgs& args) { return args.batch <= 0 || args.sample_elements <= 0; }
@@ -568,7 +355,7 @@ bool empty_problem(const MixImagesArgs& args) { return args.batch <= 0 || args.s
 
 cudaError_t mix_images(const MixImagesArgs& args, void* out, int num_sms, cudaStream_t stream) {
   if (empty_problem(args)) return cudaSuccess;
-  return dispatch(args.dtype, args.sample_elements, [&](auto storage, auto index) {
+  return dispatch_dtype_and_index(args.dtype, args.sample_elements, [&](auto storage, auto index) {
     using T = typename decltype(storage)::type;
     using Index = typename decltype(index)::type;
     const launch::LaunchConfig config = launch::elementwise_config(args.batch, args.sample_elements, kVec<T>,
@@ -581,7 +368,7 @@ cudaError_t mix_images(const MixImagesArgs& args, void* out, int num_sms, cudaSt
 int64_t mix_images_inplace_workspace_bytes(const MixImagesArgs& args, int max_shared_bytes) {
   if (empty_problem(args)) return 0;
   StripPlan plan;
-  if (plan_strips(args, max_shared_bytes, 1, &plan)) return 0;
+  if (plan_image_strips(args, max_shared_bytes, 1, &plan)) return 0;
   return args.batch * args.sample_elements * element_size(args.dtype);
 }
 
@@ -590,7 +377,7 @@ cudaError_t mix_images_inplace(void* x, const MixImagesArgs& args, void* workspa
   if (empty_problem(args)) return cudaSuccess;
   if (x != args.x) return cudaErrorInvalidValue;
   StripPlan plan;
-  if (!plan_strips(args, max_shared_bytes, num_sms, &plan)) {
+  if (!plan_image_strips(args, max_shared_bytes, num_sms, &plan)) {
     // The batch is too tall for a strip of every image in shared memory: mix
     // into the temporary batch (x's layout, packed), then copy it back.
     if (workspace == nullptr) return cudaErrorInvalidValue;
@@ -600,15 +387,11 @@ cudaError_t mix_images_inplace(void* x, const MixImagesArgs& args, void* workspa
         static_cast<size_t>(args.batch * args.sample_elements * element_size(args.dtype));
     return cudaMemcpyAsync(x, workspace, bytes, cudaMemcpyDeviceToDevice, stream);
   }
-  return dispatch(args.dtype, args.sample_elements, [&](auto storage, auto index) {
+  return dispatch_dtype_and_index(args.dtype, args.sample_elements, [&](auto storage, auto index) {
     using T = typename decltype(storage)::type;
     using Index = typename decltype(index)::type;
-    if (plan.shared_bytes > kDefaultSharedLimit) {
-      const cudaError_t status = cudaFuncSetAttribute(mix_images_inplace_kernel<T, Index>,
-                                                      cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                      plan.shared_bytes);
-      if (status != cudaSuccess) return status;
-    }
+    const cudaError_t status = allow_strip_shared_memory(mix_images_inplace_kernel<T, Index>, plan.shared_bytes);
+    if (status != cudaSuccess) return status;
     const dim3 grid(static_cast<unsigned>(capped(plan.num_strips, kMaxGridX)));
     mix_images_inplace_kernel<T, Index>
         <<<grid, kThreads, plan.shared_bytes, stream>>>(args, static_cast<T*>(x), plan);

@@ -47,34 +47,28 @@
 //   per-warp slots read back in warp order).
 #include <cstdint>
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_pipeline.h>
 #include <cuda_runtime.h>
 #include <math_constants.h>
 
+#include "dtype_dispatch.cuh"
 #include "launch_config.cuh"
 #include "mixkernels/mix_math.h"
+#include "strip_plan.cuh"
+#include "vec_io.cuh"
 
 #include "mix_rows_kernel.h"
 
 namespace mixkernels::gpu {
 namespace {
 
-constexpr int kWarpSize = 32;
-constexpr int kVectorBytes = 16;
-constexpr int kThreads = 256;
-constexpr int64_t kMaxGridX = 2147483647;  // 2^31 - 1
-constexpr int64_t kMaxGridY = 65535;
-// Room for 4 resident blocks (1024 threads) per SM caps every kernel at 64
-// registers, which they fit without spills (tests/test_cuda_build.py checks).
-constexpr int kMinBlocksPerSm = 4;
-// Shared memory a strip of the in-place kernel aims for: small enough for
-// several resident blocks per SM (so one block's loads overlap another's
-// stores), large enough for strips of 128+ bytes per row at B = 64.
-constexpr int64_t kStripSharedBudget = 32 * 1024;
-// Dynamic shared memory a launch may use without opting in.
-constexpr int64_t kDefaultSharedLimit = 48 * 1024;
+using launch::capped;
+using launch::ceil_div;
+using launch::kMaxGridX;
+using launch::kMaxGridY;
+using launch::kMinBlocksPerSm;
+using launch::kThreads;
+using launch::kWarpSize;
+
 // Split rule of mix_rows_dots (see the file header).
 constexpr int64_t kDotsTargetBlocks = 1024;
 constexpr int64_t kDotsMinSplitColumns = 8192;
@@ -84,143 +78,6 @@ constexpr int64_t kDotsWarpRowMaxColumns = 1024;
 // vector, and 4 (resp. 2) of them fit in 64 registers without spills.
 constexpr int kMixUnroll = 4;
 constexpr int kDotsUnroll = 2;
-
-constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// ---------------------------------------------------------------------------
-// Storage access at the bit level. Loads and stores move raw bits (the
-// conversions are explicit: torch builds with __CUDA_NO_HALF_CONVERSIONS__),
-// 16 bytes as four 32-bit words, one element as 16 or 32 bits.
-
-template <typename T>
-struct Storage;
-template <>
-struct Storage<float> {
-  using Bits = unsigned int;
-  __device__ static float to_float(unsigned int bits) { return __uint_as_float(bits); }
-  __device__ static unsigned int from_float(float v) { return __float_as_uint(v); }
-};
-template <>
-struct Storage<__half> {
-  using Bits = unsigned short;
-  __device__ static float to_float(unsigned int bits) {
-    return __half2float(__ushort_as_half(static_cast<unsigned short>(bits)));
-  }
-  // Round to nearest even, as torch's .to(float16) does.
-  __device__ static unsigned int from_float(float v) { return __half_as_ushort(__float2half_rn(v)); }
-};
-template <>
-struct Storage<__nv_bfloat16> {
-  using Bits = unsigned short;
-  // Exact: a bfloat16 is the upper half of a float32.
-  __device__ static float to_float(unsigned int bits) { return __uint_as_float(bits << 16); }
-  __device__ static unsigned int from_float(float v) {
-    return __bfloat16_as_ushort(__float2bfloat16_rn(v));
-  }
-};
-
-template <typename T>
-constexpr int kVec = kVectorBytes / static_cast<int>(sizeof(T));  // elements per 16 bytes
-template <typename T>
-constexpr int kPerWord = 4 / static_cast<int>(sizeof(T));  // elements per 32-bit word
-
-// 16 bytes of elements; element k lives in word k / kPerWord, lower columns in
-// lower bits (little endian).
-struct alignas(16) Words {
-  unsigned int w[4];
-};
-
-template <typename T>
-__device__ __forceinline__ float unpack(const Words& v, int k) {
-  const unsigned int word = v.w[k / kPerWord<T>];
-  if constexpr (kPerWord<T> == 1) {
-    return Storage<T>::to_float(word);
-  } else {
-    return Storage<T>::to_float((word >> (16 * (k % kPerWord<T>))) & 0xffffu);
-  }
-}
-
-// `v` must start zeroed.
-template <typename T>
-__device__ __forceinline__ void pack(Words& v, int k, float value) {
-  v.w[k / kPerWord<T>] |= Storage<T>::from_float(value) << (kPerWord<T> == 1 ? 0 : 16 * (k % kPerWord<T>));
-}
-
-// Read-only path (ld.global.nc): for inputs that no thread writes while the
-// kernel runs (the out-of-place kernels write only fresh outputs).
-__device__ __forceinline__ Words load_words_readonly(const void* p) {
-  const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
-  return Words{{u.x, u.y, u.z, u.w}};
-}
-
-template <typename T>
-__device__ __forceinline__ unsigned int load_bits_readonly(const T* p) {
-  return __ldg(reinterpret_cast<const typename Storage<T>::Bits*>(p));
-}
-
-template <typename T>
-__device__ __forceinline__ float load_readonly(const T* p) {
-  return Storage<T>::to_float(load_bits_readonly(p));
-}
-
-// One st.global.v4.b32 in inline PTX: NVVM splits a uint4 or struct store
-// into per-element stores when the words were assembled from narrower values
-// (seen with CUDA 13.0, see cross_entropy_kernel.cu). No memory clobber: the
-// asm has no other effect the compiler must order.
-__device__ __forceinline__ void store_words(void* p, const Words& v) {
-  const size_t address = __cvta_generic_to_global(p);
-  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(address), "r"(v.w[0]),
-               "r"(v.w[1]), "r"(v.w[2]), "r"(v.w[3]));
-}
-
-template <typename T>
-__device__ __forceinline__ void store(T* p, float value) {
-  using Bits = typename Storage<T>::Bits;
-  *reinterpret_cast<Bits*>(p) = static_cast<Bits>(Storage<T>::from_float(value));
-}
-
-// Elements from p to the first 16-byte aligned address (0 when aligned).
-// Tensor data is always element-aligned, so this is exact.
-template <typename T>
-__host__ __device__ __forceinline__ int64_t elements_to_alignment(const T* p) {
-  const auto misalignment = static_cast<unsigned>(reinterpret_cast<uintptr_t>(p) % kVectorBytes);
-  return misalignment == 0 ? 0 : static_cast<int64_t>((kVectorBytes - misalignment) / sizeof(T));
-}
-
-__device__ __forceinline__ bool is_aligned(const void* p) {
-  return reinterpret_cast<uintptr_t>(p) % kVectorBytes == 0;
-}
-
-// Tag carrying the number of columns a visitor call covers.
-template <int N>
-struct Width {
-  static constexpr int value = N;
-};
-
-// Visits the columns [begin, end) of a row, shared by `num_lanes` threads of
-// which this one is `lane`: visit(c, Width<1>{}) handles column c,
-// visit(c, Width<V>{}) columns c .. c+V-1 starting at an aligned column. The
-// aligned columns are those congruent to `head` modulo V; with
-// vectorized == false every column goes one at a time. The vector loop is
-// unrolled kUnroll times so that each thread has several loads in flight.
-template <int V, int kUnroll, typename Visit>
-__device__ __forceinline__ void for_each_column(int64_t begin, int64_t end, int64_t head,
-                                                bool vectorized, int64_t lane, int64_t num_lanes,
-                                                Visit&& visit) {
-  static_assert((V & (V - 1)) == 0, "V is a power of two");
-  int64_t vector_begin = end, vector_end = end;
-  if (vectorized && begin < end) {
-    // (head - begin) mod V, non-negative for either sign (two's complement).
-    const int64_t to_aligned = (head - begin) & (V - 1);
-    vector_begin = begin + to_aligned < end ? begin + to_aligned : end;
-    vector_end = vector_begin + (end - vector_begin) / V * V;
-  }
-  for (int64_t c = begin + lane; c < vector_begin; c += num_lanes) visit(c, Width<1>{});
-  const int64_t num_vectors = (vector_end - vector_begin) / V;
-#pragma unroll kUnroll
-  for (int64_t v = lane; v < num_vectors; v += num_lanes) visit(vector_begin + v * V, Width<V>{});
-  for (int64_t c = vector_end + lane; c < end; c += num_lanes) visit(c, Width<1>{});
-}
 
 // Partner row of `row` and its weights. An index outside [0, B) (src is not
 // validated on the GPU) makes the row NaN: the partner becomes the row itself
@@ -284,14 +141,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
 // ---------------------------------------------------------------------------
 // mix_rows_: in place, one strip of columns of all rows per block.
 
-struct StripPlan {
-  int64_t num_strips;
-  int64_t misalignment;     // elements row starts lie past a 16-byte boundary (0 if !vectorized)
-  int log2_strip_vectors;   // a strip is 2^log2 slots of 16 bytes per row
-  bool vectorized;          // every row has the same 16-byte misalignment
-  int shared_bytes;         // B << log2_strip_vectors slots of 16 bytes
-};
-
 // Slot (r, j) of strip s holds columns c0 .. c0+V-1 of row r, with
 // c0 = s * strip_columns - misalignment + j * V; in vectorized mode every c0
 // is an aligned column. Slots that reach outside [0, N) are filled and
@@ -312,30 +161,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   for (int64_t strip = blockIdx.x; strip < plan.num_strips; strip += gridDim.x) {
     const int64_t strip_begin = strip * strip_columns - plan.misalignment;
 
-    // Copy x[:, strip] into the tile.
-    for (int slot = threadIdx.x; slot < num_slots; slot += blockDim.x) {
-      const int64_t row = slot >> log2_vectors;
-      const int64_t c0 = strip_begin + static_cast<int64_t>(slot & strip_mask) * V;
-      if (plan.vectorized && c0 >= 0 && c0 + V <= num_columns) {
-        __pipeline_memcpy_async(&tile[slot], x + row * args.x_row_stride + c0, kVectorBytes);
-      } else {
-        Words values{{0u, 0u, 0u, 0u}};
-#pragma unroll
-        for (int k = 0; k < V; ++k) {
-          const int64_t c = c0 + k;
-          if (c >= 0 && c < num_columns) {
-            const auto bits = *reinterpret_cast<const typename Storage<T>::Bits*>(
-                x + row * args.x_row_stride + c);
-            values.w[k / kPerWord<T>] |= static_cast<unsigned int>(bits)
-                                         << (kPerWord<T> == 1 ? 0 : 16 * (k % kPerWord<T>));
-          }
-        }
-        tile[slot] = values;
-      }
-    }
-    __pipeline_commit();
-    __pipeline_wait_prior(0);
-    __syncthreads();
+    load_strip(tile, x, args.x_row_stride, num_columns, strip_begin, num_slots, plan);
 
     // Write the mixed strip back; both operands come from the tile.
     for (int slot = threadIdx.x; slot < num_slots; slot += blockDim.x) {
@@ -496,56 +322,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
 }
 
 // ---------------------------------------------------------------------------
-// Launch configuration and dtype dispatch (host).
+// Launch configuration (host).
 
-template <typename T>
-struct TypeTag {
-  using type = T;
-};
-
-template <typename F>
-cudaError_t dispatch_dtype(DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::kFloat32: return f(TypeTag<float>{});
-    case DType::kBFloat16: return f(TypeTag<__nv_bfloat16>{});
-    case DType::kFloat16: return f(TypeTag<__half>{});
-  }
-  return cudaErrorInvalidValue;
-}
-
-int64_t element_size(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
-
-int64_t capped(int64_t value, int64_t limit) { return value < limit ? value : limit; }
-
-
-// The in-place strip plan; false when one 16-byte slot per row does not fit
-// the device's shared memory (then the caller needs a temporary batch).
-bool plan_strips(const MixRowsArgs& args, int max_shared_bytes, int num_sms, StripPlan* plan) {
-  const int64_t elem = element_size(args.dtype);
-  const int64_t vec = kVectorBytes / elem;
-  const int64_t slot_row_bytes = args.batch * kVectorBytes;  // one slot for every row
-  const int64_t shared_limit =
-      max_shared_bytes > kDefaultSharedLimit ? max_shared_bytes : kDefaultSharedLimit;
-  if (slot_row_bytes > shared_limit) return false;
-
-  plan->vectorized = args.batch == 1 || (args.x_row_stride * elem) % kVectorBytes == 0;
-  const int64_t head = elements_to_alignment(static_cast<const char*>(args.x)) / elem;
-  plan->misalignment = plan->vectorized && head > 0 ? vec - head : 0;
-  const int64_t vectors_per_row = ceil_div(args.num_columns + plan->misalignment, vec);
-
-  // Widest power-of-two strip within the budget that still leaves 2 strips
-  // per SM (short rows: as many strips as vectors).
-  const int64_t min_strips = 2 * static_cast<int64_t>(num_sms > 0 ? num_sms : 1);
-  int log2_vectors = 0;
-  while ((slot_row_bytes << (log2_vectors + 1)) <= kStripSharedBudget &&
-         (int64_t{1} << log2_vectors) < vectors_per_row &&
-         ceil_div(vectors_per_row, int64_t{2} << log2_vectors) >= min_strips) {
-    ++log2_vectors;
-  }
-  plan->log2_strip_vectors = log2_vectors;
-  plan->num_strips = ceil_div(vectors_per_row, int64_t{1} << log2_vectors);
-  plan->shared_bytes = static_cast<int>(slot_row_bytes << log2_vectors);
-  return true;
+// The in-place strip plan (strip_plan.cuh); false when one 16-byte slot per
+// row does not fit the device's shared memory (then the caller needs a
+// temporary batch).
+bool plan_row_strips(const MixRowsArgs& args, int max_shared_bytes, int num_sms, StripPlan* plan) {
+  return plan_strips(args.dtype, args.x, args.batch, args.x_row_stride, args.num_columns, max_shared_bytes, num_sms,
+                     plan);
 }
 
 struct DotsPlan {
@@ -588,7 +372,7 @@ cudaError_t mix_rows(const MixRowsArgs& args, void* out, int num_sms, cudaStream
 int64_t mix_rows_inplace_workspace_bytes(const MixRowsArgs& args, int max_shared_bytes) {
   if (empty_problem(args.batch, args.num_columns)) return 0;
   StripPlan plan;
-  if (plan_strips(args, max_shared_bytes, 1, &plan)) return 0;
+  if (plan_row_strips(args, max_shared_bytes, 1, &plan)) return 0;
   return args.batch * args.num_columns * element_size(args.dtype);
 }
 
@@ -597,7 +381,7 @@ cudaError_t mix_rows_inplace(void* x, const MixRowsArgs& args, void* workspace, 
   if (empty_problem(args.batch, args.num_columns)) return cudaSuccess;
   if (x != args.x) return cudaErrorInvalidValue;
   StripPlan plan;
-  if (!plan_strips(args, max_shared_bytes, num_sms, &plan)) {
+  if (!plan_row_strips(args, max_shared_bytes, num_sms, &plan)) {
     // The batch is too tall for a strip of every row in shared memory: mix
     // into the temporary batch, then copy it back row by row.
     if (workspace == nullptr) return cudaErrorInvalidValue;
@@ -611,11 +395,8 @@ cudaError_t mix_rows_inplace(void* x, const MixRowsArgs& args, void* workspace, 
   }
   return dispatch_dtype(args.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    if (plan.shared_bytes > kDefaultSharedLimit) {
-      const cudaError_t status = cudaFuncSetAttribute(
-          mix_rows_inplace_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.shared_bytes);
-      if (status != cudaSuccess) return status;
-    }
+    const cudaError_t status = allow_strip_shared_memory(mix_rows_inplace_kernel<T>, plan.shared_bytes);
+    if (status != cudaSuccess) return status;
     const dim3 grid(static_cast<unsigned>(capped(plan.num_strips, kMaxGridX)));
     mix_rows_inplace_kernel<T>
         <<<grid, kThreads, plan.shared_bytes, stream>>>(args, static_cast<T*>(x), plan);

@@ -16,8 +16,7 @@
 
 #include <cuda_runtime.h>
 
-// DType, the storage dtype enum every launcher of this extension shares.
-#include "cross_entropy_kernel.h"
+#include "storage_dtype.h"
 
 namespace mixkernels::gpu {
 

@@ -5,7 +5,7 @@
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 
-#include "cross_entropy_kernel.h"  // gpu::DType, shared by every CUDA kernel file
+#include "storage_dtype.h"
 
 namespace mixkernels {
 

@@ -23,6 +23,26 @@ struct AxisTap {
   float w_first, w_second;
 };
 
+// a * b and a + b, each rounded to fp32 on its own. nvcc contracts a product
+// followed by a sum into one fused multiply-add unless told not to (the CPU
+// build never does: -ffp-contract=off), which would move taps and mask
+// values by an ulp between the CPU and CUDA kernels.
+MK_HOST_DEVICE float mul_rounded(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
+MK_HOST_DEVICE float add_rounded(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
 // ATen's scale for align_corners=False when the output size is given.
 MK_HOST_DEVICE float upsample_scale(int64_t in_size, int64_t out_size) {
   return static_cast<float>(in_size) / static_cast<float>(out_size);
@@ -36,7 +56,7 @@ MK_HOST_DEVICE AxisTap linear_axis_tap(int64_t o, int64_t in_size, int64_t out_s
     // ATen copies here: weight 1 on the same index, 0 on itself again.
     return AxisTap{o, o, 1.0f, 0.0f};
   }
-  float src = upsample_scale(in_size, out_size) * (static_cast<float>(o) + 0.5f) - 0.5f;
+  float src = add_rounded(mul_rounded(upsample_scale(in_size, out_size), static_cast<float>(o) + 0.5f), -0.5f);
   src = src < 0.0f ? 0.0f : src;
   int64_t first = static_cast<int64_t>(floorf(src));
   first = first < in_size - 1 ? first : in_size - 1;
@@ -69,7 +89,8 @@ MK_HOST_DEVICE AxisTap axis_tap(bool bilinear, int64_t o, int64_t in_size, int64
 // interpolated along the other axis). Nearest takes the first value as it is
 // (no 0 * value term, so an inf in the mask stays inf, as in F.interpolate).
 MK_HOST_DEVICE float blend_taps(bool bilinear, float first_value, float second_value, const AxisTap& tap) {
-  return bilinear ? first_value * tap.w_first + second_value * tap.w_second : first_value;
+  return bilinear ? add_rounded(mul_rounded(first_value, tap.w_first), mul_rounded(second_value, tap.w_second))
+                  : first_value;
 }
 
 // The mask gradient at one pixel and channel: d out / d m = own - partner.
