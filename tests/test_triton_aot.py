@@ -27,7 +27,7 @@ triton = pytest.importorskip(
 torch = pytest.importorskip("torch")
 
 from mixkernels.triton import _aot  # noqa: E402
-from mixkernels.triton import cutmix_batch, mix_batch  # noqa: E402
+from mixkernels.triton import cutmix_batch, mask_mix, mix_batch  # noqa: E402
 from mixkernels.triton import mixup_cross_entropy, soft_target_cross_entropy  # noqa: E402
 
 MODULES = {
@@ -35,6 +35,7 @@ MODULES = {
     "soft_target_cross_entropy": soft_target_cross_entropy,
     "mix_batch": mix_batch,
     "cutmix_batch": cutmix_batch,
+    "mask_mix": mask_mix,
 }
 # The cross-entropy modules choose their launch by the number of classes alone.
 CROSS_ENTROPY_MODULES = ["mixup_cross_entropy", "soft_target_cross_entropy"]
@@ -200,4 +201,56 @@ def test_cutmix_batch_computes_without_fused_multiply_add():
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     done = subprocess.run([sys.executable, "-c", _NO_FMA_CHECK], env=env, capture_output=True,
                           text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_mask_mix_launch_config_only_picks_shipped_configs():
+    """mask_mix's launchers (pixel tiles by layout and C, the backward for
+    each set of gradients, the mask-gradient reduction) use only compiled
+    configurations, with their num_stages and compile options."""
+    shipped = {(kernel_name, tuple(sorted(constexprs.items())), num_warps)
+               for kernel_name, constexprs, num_warps in mask_mix.SHIPPED_CONFIGS}
+    gradients = {"forward": [(True, True)], "mask_grad": [(True, True)],
+                 "backward": [(True, True), (True, False), (False, True)]}
+    for kernel_name in mask_mix.KERNELS:
+        for channels in (1, 2, 3, 4, 5, 16, 17, 32, 64, 1000):
+            for channels_last in (False, True):
+                for bilinear in (False, True):
+                    for needs_x_grad, needs_mask_grad in gradients[kernel_name]:
+                        cfg = dict(mask_mix.launch_config(kernel_name, channels, channels_last,
+                                                          bilinear, needs_x_grad, needs_mask_grad))
+                        num_warps, num_stages = cfg.pop("num_warps"), cfg.pop("num_stages")
+                        key = (kernel_name, tuple(sorted(cfg.items())), num_warps)
+                        assert key in shipped, (kernel_name, channels, channels_last, bilinear, cfg)
+                        for case in mask_mix.aot_cases(kernel_name, cfg, torch.float16):
+                            assert case["num_stages"] == num_stages, (kernel_name, cfg)
+                            assert case["options"] == mask_mix.COMPILE_OPTIONS
+
+
+_MASK_MIX_NO_FMA_CHECK = """
+import sys
+from mixkernels.triton import _aot, mask_mix as mm
+import torch
+for kernel_name, constexprs, num_warps in mm.SHIPPED_CONFIGS:
+    if not constexprs["BILINEAR"] or constexprs.get("CHANNELS_LAST"):
+        continue
+    case = mm.aot_cases(kernel_name, constexprs, torch.float32)[0]
+    usage = _aot.compile_kernel(mm.KERNELS[kernel_name], case["signature"], case["constexprs"],
+                                num_warps, 90, attrs=case["attrs"], num_stages=case["num_stages"])
+    ptx = usage["ptx"]
+    if "mul.rn.f32" not in ptx or "fma" in ptx:
+        sys.exit(f"{kernel_name} {constexprs}: fused multiply-add in the PTX")
+"""
+
+
+def test_mask_mix_computes_without_fused_multiply_add():
+    """The taps, the bilinear blends and the mixes are products then sums,
+    rounded as the CPU kernel rounds them: compiled with the launchers'
+    options, no kernel's PTX has an fma."""
+    assert mask_mix.COMPILE_OPTIONS == {"enable_fp_fusion": False}
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "0"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    done = subprocess.run([sys.executable, "-c", _MASK_MIX_NO_FMA_CHECK], env=env,
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
