@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import bench_infinite_class_mixup as icmb
 from benchmarks import bench_mask_mix
 from benchmarks import bench_mix_batch as mixb
 from benchmarks import bench_mixup
@@ -31,7 +32,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 # op -> module with providers(op, device, include_compile), parse_shapes(text),
 # bench_shapes(quick), run_suite(op, ...) and tables(rows)
 SUITES = {mce.MIXUP: mce, mce.SOFT: mce, mixb.OP: mixb, bench_mask_mix.OP: bench_mask_mix,
-          bench_mixup.OP: bench_mixup}
+          bench_mixup.OP: bench_mixup, icmb.OP: icmb}
 DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
                "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 

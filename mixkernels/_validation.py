@@ -14,6 +14,8 @@ import numbers
 
 import torch
 
+from mixkernels.reference import ICM_AXES
+
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -201,3 +203,88 @@ def check_boxes(boxes, name: str, batch: int, height: int, width: int, device: t
                              f"{height}x{width} image (need 0 <= y0 <= y1 <= {height}, 0 <= x0 <= x1 <= {width})")
     else:
         torch._assert_async(valid, f"mixkernels: {name} has boxes outside the image")
+
+
+# --------------------------------------------------------------------------- Infinite Class Mixup
+
+def check_axes(axes) -> None:
+    if not isinstance(axes, str) or axes not in ICM_AXES:
+        raise ValueError(f"axes must be one of {ICM_AXES}, got {axes!r}")
+
+
+def check_classifier_inputs(hidden, weight, bias, hidden_name: str = "hidden") -> None:
+    """``hidden`` (B, D) features, ``weight`` (C, D) and ``bias`` (C,) or None of
+    the classifier: one floating dtype and one device, B, C and D at least 1."""
+    if not isinstance(hidden, torch.Tensor):
+        raise TypeError(f"{hidden_name} must be a torch.Tensor, got {type(hidden).__name__}")
+    if hidden.dim() != 2:
+        raise ValueError(f"{hidden_name} must be 2-D (batch, features), got shape {tuple(hidden.shape)}")
+    if hidden.dtype not in FLOAT_DTYPES and hidden.dtype != torch.float64:
+        raise TypeError(f"{hidden_name} must be float32, bfloat16 or float16 (float64 on backend='torch'), "
+                        f"got {hidden.dtype}")
+    if hidden.shape[0] == 0:
+        raise ValueError(f"{hidden_name} is an empty batch (shape {tuple(hidden.shape)})")
+    if hidden.shape[1] == 0:
+        raise ValueError(f"{hidden_name} has no features (shape {tuple(hidden.shape)})")
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    features = hidden.shape[1]
+    if weight.dim() != 2 or weight.shape[1] != features or weight.shape[0] == 0:
+        raise ValueError(f"weight must have shape (num_classes, {features}) with num_classes >= 1 to match "
+                         f"{hidden_name} {tuple(hidden.shape)}, got {tuple(weight.shape)}")
+    if weight.dtype != hidden.dtype:
+        raise TypeError(f"weight must have {hidden_name}'s dtype {hidden.dtype}, got {weight.dtype} "
+                        f"(under torch.autocast both are cast to the autocast dtype)")
+    if weight.device != hidden.device:
+        raise ValueError(f"weight is on {weight.device} but {hidden_name} is on {hidden.device}")
+    if bias is None:
+        return
+    if not isinstance(bias, torch.Tensor):
+        raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
+    if bias.shape != (weight.shape[0],):
+        raise ValueError(f"bias must have shape ({weight.shape[0]},) to match weight, got {tuple(bias.shape)}")
+    if bias.dtype != weight.dtype:
+        raise TypeError(f"bias must have weight's dtype {weight.dtype}, got {bias.dtype}")
+    if bias.device != weight.device:
+        raise ValueError(f"bias is on {bias.device} but weight is on {weight.device}")
+
+
+def check_class_labels(y, name: str, batch: int, num_classes: int, device: torch.device,
+                       batch_name: str) -> None:
+    """(batch,) integer class indices in [0, num_classes) on ``device``; the shape
+    and device errors name ``batch_name``, the tensor the batch size comes from."""
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(y).__name__}")
+    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError(f"{name} must hold integer class indices, got {y.dtype}")
+    if y.shape != (batch,):
+        raise ValueError(f"{name} must have shape ({batch},) to match {batch_name}, got {tuple(y.shape)}")
+    if y.device != device:
+        raise ValueError(f"{name} is on {y.device} but {batch_name} is on {device}")
+    if _tracing():
+        return
+    in_range = (y >= 0) & (y < num_classes)
+    if y.device.type == "cpu":
+        if not bool(in_range.all()):
+            bad = int((~in_range).nonzero()[0, 0])
+            raise IndexError(f"{name}[{bad}] = {int(y[bad])} is outside [0, {num_classes})")
+    else:
+        torch._assert_async(in_range.all(), f"mixkernels: {name} has labels outside [0, {num_classes})")
+
+
+def check_lam_for(lam, name: str, batch: int, device: torch.device, batch_name: str) -> None:
+    """As :func:`check_lam`, with the shape and device errors naming ``batch_name``."""
+    if isinstance(lam, torch.Tensor):
+        if lam.is_floating_point() and lam.dim() != 0 and lam.shape != (batch,):
+            raise ValueError(f"{name} must be 0-d or have shape ({batch},) to match {batch_name}, "
+                             f"got {tuple(lam.shape)}")
+        if lam.device != device:
+            raise ValueError(f"{name} is on {lam.device} but {batch_name} is on {device}")
+    check_lam(lam, name, batch, device)
+
+
+def check_gamma(gamma) -> None:
+    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
+        raise TypeError(f"gamma must be a float, got {type(gamma).__name__}")
+    if not 0.0 <= float(gamma) < float("inf"):
+        raise ValueError(f"gamma must be finite and >= 0, got {gamma}")

@@ -8,6 +8,7 @@ logits' dtype, reduced in fp32.
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple, Optional
 
 import torch
@@ -19,8 +20,8 @@ from mixkernels.ops.mix_batch import mix_rows, mix_rows_inplace
 from mixkernels.ops.mixup_cross_entropy import mixup_cross_entropy_rows
 from mixkernels.ops.soft_target_cross_entropy import soft_target_cross_entropy_rows
 
-__all__ = ["MixedTargets", "cutmix_batch", "mask_mix", "mix_batch", "mixup_cross_entropy",
-           "soft_target_cross_entropy"]
+__all__ = ["ICM_BACKENDS", "MixedTargets", "cutmix_batch", "ic_regmixup_loss", "infinite_class_mixup_loss",
+           "mask_mix", "mix_batch", "mixup_cross_entropy", "soft_target_cross_entropy"]
 
 
 class MixedTargets(NamedTuple):
@@ -258,3 +259,171 @@ def mask_mix(x: torch.Tensor, perm: torch.Tensor, mask: torch.Tensor, *, mode: s
     if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
         x = x.contiguous()
     return mask_mix_on_backend(x, perm.to(torch.int64).contiguous(), mask, mode == "bilinear", backend)
+
+
+# --------------------------------------------------------------------------- Infinite Class Mixup
+
+# The compiled backends with kernels for infinite_class_mixup_loss; until there
+# are any, "auto" runs mixkernels.reference and a compiled backend asked for by
+# name raises.
+ICM_BACKENDS: tuple = ()
+ICM_OP = "infinite_class_mixup_loss"
+
+
+def _unpack_mixed_targets(y_a, y_b, lam, function: str) -> MixedTargets:
+    if isinstance(y_a, MixedTargets):
+        if y_b is not None or lam is not None:
+            raise TypeError("pass either MixedTargets or y_a, y_b, lam, not both")
+        return y_a
+    if y_b is None or lam is None:
+        raise TypeError(f"{function} needs y_a, y_b and lam (or one MixedTargets)")
+    return MixedTargets(y_a, y_b, lam)
+
+
+def _autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
+    """The dtype torch.autocast casts matmul inputs to on ``device``, or None outside autocast."""
+    try:
+        if not torch.is_autocast_enabled(device.type):
+            return None
+        return torch.get_autocast_dtype(device.type)
+    except RuntimeError:  # a device type autocast does not know
+        return None
+
+
+def _cast_for_autocast(t, dtype: Optional[torch.dtype]):
+    """As autocast treats a matmul operand: floating tensors other than fp64 go to ``dtype``."""
+    if dtype is None or not isinstance(t, torch.Tensor) or t.dtype not in _validation.FLOAT_DTYPES:
+        return t
+    return t.to(dtype)
+
+
+def _autocast_off(device: torch.device, autocast_dtype: Optional[torch.dtype]):
+    """Inside an autocast region, a region without it: fp32 means fp32, the
+    products inside are not cast down again."""
+    return torch.autocast(device.type, enabled=False) if autocast_dtype is not None else contextlib.nullcontext()
+
+
+def _loss_dtype(input_dtype: torch.dtype, autocast_dtype: Optional[torch.dtype]) -> torch.dtype:
+    """The input's dtype; fp32 under autocast, where losses (cross_entropy among them) come out in fp32."""
+    return torch.float32 if autocast_dtype is not None and input_dtype != torch.float64 else input_dtype
+
+
+def _icm_loss_on_backend(backend: str, hidden, weight, y_a, y_b, lam, bias, axes: str,
+                         reduction: str) -> torch.Tensor:
+    """The loss in fp32 (fp64 for fp64 inputs), reduced as asked."""
+    if backend == "torch":
+        return reference.icm_loss_from_scores(reference.icm_scores(hidden, weight, y_a, y_b, lam, bias),
+                                              axes, reduction)
+    raise RuntimeError(f"{ICM_OP}: backend {backend!r} is listed in ICM_BACKENDS but has no kernels wired")
+
+
+def _check_icm_arguments(hidden, weight, y_a, y_b, lam, bias, axes, reduction, hidden_name: str) -> None:
+    _validation.check_classifier_inputs(hidden, weight, bias, hidden_name)
+    batch, num_classes = hidden.shape[0], weight.shape[0]
+    _validation.check_class_labels(y_a, "y_a", batch, num_classes, hidden.device, hidden_name)
+    _validation.check_class_labels(y_b, "y_b", batch, num_classes, hidden.device, hidden_name)
+    _validation.check_lam_for(lam, "lam", batch, hidden.device, hidden_name)
+    _validation.check_axes(axes)
+    _validation.check_reduction(reduction)
+
+
+def infinite_class_mixup_loss(hidden: torch.Tensor, weight: torch.Tensor, y_a, y_b: Optional[torch.Tensor] = None,
+                              lam=None, *, bias: Optional[torch.Tensor] = None, axes: str = "both",
+                              reduction: str = "mean", backend: str = "auto") -> torch.Tensor:
+    """Infinite Class Mixup (ICM): the contrast of the mixed outputs with the mixed classifiers.
+
+    Pair k gets the classifier ``W~_k = lam_k W[y_a_k] + (1 - lam_k) W[y_b_k]``
+    and bias ``b~_k`` mixed alike; the scores ``S = hidden @ W~.T + b~`` (B x B)
+    have the positives on the diagonal, and the loss is
+    ``CE(S, arange(B)) + CE(S.T, arange(B))``: per output, its own pair's
+    classifier against the other pairs' ("row"), and per classifier, its own
+    output against the other outputs ("col"). The (B, C) logits and the dense
+    mixed targets are never built.
+
+    Args:
+        hidden: (B, D) features of the mixed batch (the input of the
+            classifier layer), fp32, bf16 or fp16; any strides.
+        weight: (C, D) classifier weight (``nn.Linear.weight``), hidden's dtype and device.
+        y_a, y_b: (B,) integer class indices of each mixed sample and of its
+            partner (or pass one :class:`MixedTargets` as ``y_a``).
+        lam: weight of ``y_a``'s classifier: a float, a 0-d tensor (one lam per
+            batch, as the method draws it) or a (B,) tensor (per pair, e.g.
+            Remix's label-side lam), in [0, 1]. Receives a gradient when it is a
+            tensor that requires grad.
+        bias: (C,) classifier bias (``nn.Linear.bias``) or None. It is trained
+            by the row term only: the column term is invariant to it.
+        axes: ``"both"`` (the method's ``-f``), ``"row"`` (softmax over the mixed
+            classifiers, ``-s``) or ``"col"`` (softmax over the outputs, ``-c``).
+        reduction: ``"mean"`` (each term averaged over the B pairs, the terms
+            summed), ``"sum"`` or ``"none"`` ((B,): sample b's row term plus its
+            column term).
+        backend: ``"auto"``, ``"torch"`` or a compiled backend with kernels for
+            this op (``ICM_BACKENDS``).
+
+    Computed in fp32 and returned in hidden's dtype. Under ``torch.autocast``,
+    hidden, weight and bias are first cast to the autocast dtype, as
+    ``nn.Linear`` would be (the gradients reach the fp32 parameters), and the
+    loss comes out in fp32, as autocast's ``cross_entropy`` does.
+    """
+    y_a, y_b, lam = _unpack_mixed_targets(y_a, y_b, lam, ICM_OP)
+    device = hidden.device if isinstance(hidden, torch.Tensor) else None
+    autocast_dtype = _autocast_dtype(device) if device is not None else None
+    hidden, weight, bias = (_cast_for_autocast(t, autocast_dtype) for t in (hidden, weight, bias))
+    _check_icm_arguments(hidden, weight, y_a, y_b, lam, bias, axes, reduction, "hidden")
+    backend = _backend.resolve_backend(backend, device, op=ICM_OP, implemented=ICM_BACKENDS)
+    with _autocast_off(device, autocast_dtype):
+        loss = _icm_loss_on_backend(backend, hidden, weight, y_a, y_b, lam, bias, axes, reduction)
+    return loss.to(_loss_dtype(hidden.dtype, autocast_dtype))
+
+
+def ic_regmixup_loss(clean_logits: torch.Tensor, y: torch.Tensor, hidden_mixed: torch.Tensor, weight: torch.Tensor,
+                     y_a, y_b: Optional[torch.Tensor] = None, lam=None, *, bias: Optional[torch.Tensor] = None,
+                     gamma: float = 1.0, axes: str = "both", label_smoothing: float = 0.0,
+                     reduction: str = "mean", backend: str = "auto") -> torch.Tensor:
+    """IC-RegMixup: ``CE(clean_logits, y) + gamma * infinite_class_mixup_loss(hidden_mixed, ...)``.
+
+    The cross-entropy of the clean batch's C-way logits (which trains the
+    softmax used at evaluation: ICM alone never does) plus ``gamma`` times ICM
+    on the mixed batch's features, as the method's paper does it (two forward
+    passes; alpha = 20 there). ``weight``/``bias`` are the layer that produced
+    ``clean_logits``.
+
+    Args:
+        clean_logits: (N, C) logits of the clean batch.
+        y: (N,) its integer labels.
+        hidden_mixed, weight, y_a, y_b, lam, bias, axes: as in
+            :func:`infinite_class_mixup_loss` (``MixedTargets`` as ``y_a`` too).
+        gamma: weight of the ICM term (>= 0; the method's ``-g``, default 1).
+        label_smoothing: for the clean cross-entropy (0 in the method).
+        reduction: ``"mean"``: the clean term averaged over N plus gamma times
+            ICM's mean; ``"sum"``; ``"none"``: per sample ``CE_b + gamma * ICM_b``
+            (needs N == B).
+        backend: for both terms; ``"auto"`` picks for each its fastest path.
+
+    Returned in clean_logits' dtype (fp32 under ``torch.autocast``).
+    """
+    y_a, y_b, lam = _unpack_mixed_targets(y_a, y_b, lam, "ic_regmixup_loss")
+    _validation.check_logits(clean_logits, "clean_logits")
+    _validation.check_class_labels(y, "y", clean_logits.shape[0], clean_logits.shape[1], clean_logits.device,
+                                   "clean_logits")
+    _validation.check_smoothing(label_smoothing)
+    _validation.check_gamma(gamma)
+    device = hidden_mixed.device if isinstance(hidden_mixed, torch.Tensor) else None
+    autocast_dtype = _autocast_dtype(device) if device is not None else None
+    hidden_mixed, weight, bias = (_cast_for_autocast(t, autocast_dtype) for t in (hidden_mixed, weight, bias))
+    _check_icm_arguments(hidden_mixed, weight, y_a, y_b, lam, bias, axes, reduction, "hidden_mixed")
+    if clean_logits.shape[1] != weight.shape[0]:
+        raise ValueError(f"clean_logits must have weight's {weight.shape[0]} classes, got shape "
+                         f"{tuple(clean_logits.shape)}")
+    if clean_logits.device != device:
+        raise ValueError(f"clean_logits is on {clean_logits.device} but hidden_mixed is on {device}")
+    if reduction == "none" and clean_logits.shape[0] != hidden_mixed.shape[0]:
+        raise ValueError(f"reduction='none' needs clean_logits and hidden_mixed of one batch size, got "
+                         f"{clean_logits.shape[0]} and {hidden_mixed.shape[0]}")
+    icm_backend = _backend.resolve_backend(backend, device, op=ICM_OP, implemented=ICM_BACKENDS)
+    clean = mixup_cross_entropy(clean_logits, y, y, 1.0, label_smoothing=label_smoothing, reduction=reduction,
+                                backend=backend)
+    with _autocast_off(device, autocast_dtype):
+        mixed = _icm_loss_on_backend(icm_backend, hidden_mixed, weight, y_a, y_b, lam, bias, axes, reduction)
+    compute = torch.float64 if clean_logits.dtype == torch.float64 else torch.float32
+    return (clean.to(compute) + float(gamma) * mixed.to(compute)).to(_loss_dtype(clean_logits.dtype, autocast_dtype))

@@ -125,3 +125,116 @@ def test_cuda_tensors_rejected_without_host_sync(backend):
         mixkernels.mixup_cross_entropy(z, y_a[:3], y_b, lam, backend=backend)
     with pytest.raises(ValueError, match="y_b"):
         mixkernels.mixup_cross_entropy(z, y_a, y_b.cpu(), lam, backend=backend)
+
+
+# --------------------------------------------------------------------------- Infinite Class Mixup
+
+@pytest.fixture
+def no_icm_kernel(monkeypatch):
+    """Fails the test if the ICM loss (or IC-RegMixup's clean term) is computed."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a kernel ran before the input was rejected")
+
+    monkeypatch.setattr(functional, "_icm_loss_on_backend", forbidden)
+    monkeypatch.setattr(mixkernels.reference, "icm_scores", forbidden)
+    monkeypatch.setattr(mixkernels.reference, "infinite_class_mixup_loss", forbidden)
+    monkeypatch.setattr(functional, "mixup_cross_entropy_rows", forbidden)
+    monkeypatch.setattr(mixkernels.reference, "mixup_cross_entropy", forbidden)
+
+
+def good_icm(batch=4, num_classes=5, features=3):
+    return (torch.randn(batch, features), torch.randn(num_classes, features), torch.randint(0, num_classes, (batch,)),
+            torch.randint(0, num_classes, (batch,)), torch.rand(batch), torch.randn(num_classes))
+
+
+def _icm_cases():
+    h, w, y_a, y_b, lam, b = good_icm()
+    return [
+        ("hidden", TypeError, lambda: (h.numpy(), w, y_a, y_b, lam), {}),
+        ("hidden", TypeError, lambda: (torch.randint(0, 3, (4, 3)), w, y_a, y_b, lam), {}),
+        ("hidden", ValueError, lambda: (h.view(4, 3, 1), w, y_a, y_b, lam), {}),
+        ("hidden", ValueError, lambda: (torch.randn(0, 3), w, y_a[:0], y_b[:0], 0.5), {}),
+        ("hidden", ValueError, lambda: (torch.randn(4, 0), torch.randn(5, 0), y_a, y_b, lam), {}),
+        ("weight", ValueError, lambda: (h, torch.randn(5, 4), y_a, y_b, lam), {}),
+        ("weight", ValueError, lambda: (h, torch.randn(0, 3), y_a, y_b, lam), {}),
+        ("weight", ValueError, lambda: (h, torch.randn(15), y_a, y_b, lam), {}),
+        ("weight", TypeError, lambda: (h, w.double(), y_a, y_b, lam), {}),
+        ("weight", TypeError, lambda: (h, w.tolist(), y_a, y_b, lam), {}),
+        ("bias", ValueError, lambda: (h, w, y_a, y_b, lam), {"bias": b[:4]}),
+        ("bias", TypeError, lambda: (h, w, y_a, y_b, lam), {"bias": b.half()}),
+        ("bias", TypeError, lambda: (h, w, y_a, y_b, lam), {"bias": b.numpy()}),
+        ("y_a", IndexError, lambda: (h, w, torch.tensor([0, 1, 5, 2]), y_b, lam), {}),
+        ("y_b", IndexError, lambda: (h, w, y_a, torch.tensor([0, -1, 1, 2]), lam), {}),
+        ("y_a", ValueError, lambda: (h, w, y_a[:3], y_b, lam), {}),
+        ("y_b", TypeError, lambda: (h, w, y_a, y_b.float(), lam), {}),
+        ("lam", ValueError, lambda: (h, w, y_a, y_b, 1.5), {}),
+        ("lam", ValueError, lambda: (h, w, y_a, y_b, -0.1), {}),
+        ("lam", ValueError, lambda: (h, w, y_a, y_b, torch.tensor([0.5, 0.5, 1.01, 0.2])), {}),
+        ("lam", ValueError, lambda: (h, w, y_a, y_b, torch.tensor([0.5, float("nan"), 0.1, 0.2])), {}),
+        ("lam", ValueError, lambda: (h, w, y_a, y_b, torch.rand(3)), {}),
+        ("lam", TypeError, lambda: (h, w, y_a, y_b, "0.5"), {}),
+        ("lam", TypeError, lambda: (h, w, y_a, y_b, torch.tensor([1, 0, 1, 0])), {}),
+        ("axes", ValueError, lambda: (h, w, y_a, y_b, lam), {"axes": "diagonal"}),
+        ("axes", ValueError, lambda: (h, w, y_a, y_b, lam), {"axes": None}),
+        ("reduction", ValueError, lambda: (h, w, y_a, y_b, lam), {"reduction": "avg"}),
+        ("backend", ValueError, lambda: (h, w, y_a, y_b, lam), {"backend": "tpu"}),
+        ("MixedTargets", TypeError, lambda: (h, w, y_a, None, None), {}),
+        ("MixedTargets", TypeError, lambda: (h, w, mixkernels.MixedTargets(y_a, y_b, lam), y_b, None), {}),
+    ]
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("case", range(len(_icm_cases())))
+def test_infinite_class_mixup_loss_rejects(backend, case, no_icm_kernel):
+    name, error, make_args, kwargs = _icm_cases()[case]
+    kwargs = {"backend": backend, **kwargs}
+    with pytest.raises(error, match=name):
+        mixkernels.infinite_class_mixup_loss(*make_args(), **kwargs)
+
+
+def _ic_regmixup_cases():
+    h, w, y_a, y_b, lam, b = good_icm()
+    z, y = torch.randn(4, 5), torch.randint(0, 5, (4,))
+    return [
+        ("clean_logits", ValueError, lambda: (torch.randn(4, 6), y, h, w, y_a, y_b, lam), {}),
+        ("clean_logits", TypeError, lambda: (z.long(), y, h, w, y_a, y_b, lam), {}),
+        ("clean_logits", ValueError, lambda: (torch.randn(3, 5), y[:3], h, w, y_a, y_b, lam), {"reduction": "none"}),
+        ("y", IndexError, lambda: (z, torch.tensor([0, 1, 2, 7]), h, w, y_a, y_b, lam), {}),
+        ("y", ValueError, lambda: (z, y[:2], h, w, y_a, y_b, lam), {}),
+        ("hidden_mixed", ValueError, lambda: (z, y, torch.randn(4, 2), w, y_a, y_b, lam), {}),
+        ("hidden_mixed", ValueError, lambda: (z, y, h, w, y_a[:3], y_b, lam), {}),
+        ("gamma", ValueError, lambda: (z, y, h, w, y_a, y_b, lam), {"gamma": -1.0}),
+        ("gamma", TypeError, lambda: (z, y, h, w, y_a, y_b, lam), {"gamma": "1"}),
+        ("label_smoothing", ValueError, lambda: (z, y, h, w, y_a, y_b, lam), {"label_smoothing": 2.0}),
+        ("lam", ValueError, lambda: (z, y, h, w, y_a, y_b, 1.5), {}),
+        ("axes", ValueError, lambda: (z, y, h, w, y_a, y_b, lam), {"axes": "rows"}),
+    ]
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("case", range(len(_ic_regmixup_cases())))
+def test_ic_regmixup_loss_rejects(backend, case, no_icm_kernel):
+    name, error, make_args, kwargs = _ic_regmixup_cases()[case]
+    kwargs = {"backend": backend, **kwargs}
+    with pytest.raises(error, match=name):
+        mixkernels.ic_regmixup_loss(*make_args(), **kwargs)
+
+
+def test_icm_inputs_survive_rejection():
+    h, w, y_a, y_b, lam, b = good_icm()
+    before = [t.clone() for t in (h, w, y_a, y_b, lam, b)]
+    with pytest.raises(ValueError):
+        mixkernels.infinite_class_mixup_loss(h, w, y_a, y_b, lam, bias=b, reduction="bad")
+    for old, new in zip(before, (h, w, y_a, y_b, lam, b)):
+        assert torch.equal(old, new)
+
+
+@pytest.mark.gpu
+def test_icm_cuda_tensors_rejected_without_host_sync():
+    h, w, y_a, y_b, lam, b = (t.cuda() for t in good_icm())
+    with pytest.raises(ValueError, match="weight"):
+        mixkernels.infinite_class_mixup_loss(h, w.cpu(), y_a, y_b, lam, bias=b)
+    with pytest.raises(ValueError, match="y_a"):
+        mixkernels.infinite_class_mixup_loss(h, w, y_a[:3], y_b, lam, bias=b)
+    with pytest.raises(ValueError, match="lam"):
+        mixkernels.infinite_class_mixup_loss(h, w, y_a, y_b, lam.cpu(), bias=b)

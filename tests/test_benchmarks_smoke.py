@@ -196,3 +196,49 @@ def test_quick_run_with_torch_compile(tmp_path):
     assert {(r["provider"], r["metric"]) for r in rows} == {
         (p, m) for p in (maskb.EAGER, maskb.COMPILE) for m in maskb.METRICS}
     assert all(math.isfinite(r["y_median"]) and r["y_median"] > 0 and r["extra"]["agrees"] for r in rows)
+
+
+def test_infinite_class_mixup_quick_run(quick_results):
+    from benchmarks import bench_infinite_class_mixup as icmb
+
+    out, results = quick_results  # --op all: the ICM suite ran too, without torch.compile
+    device = mce.default_device()
+    expected = set(icmb.providers(icmb.OP, device, include_compile=False))
+    assert {icmb.DENSE, icmb.FACTORISED} <= expected
+    assert {p[len("mixkernels-"):] for p in expected if p.startswith("mixkernels-")} <= set(icmb.ICM_BACKENDS)
+
+    with open(out / f"{icmb.OP}.csv", newline="") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert csv_rows and set(csv_rows[0]) == set(harness.ROW_FIELDS)
+    speed = [r for r in csv_rows if r["metric"] == "speed"]
+    assert {(r["provider"], r["dtype"]) for r in speed} == {(p, d) for p in expected for d in ("float32", "bfloat16")}
+    for r in speed:
+        assert r["x_name"] == "BxDxC" and r["x_value"] == "x".join(map(str, icmb.QUICK_SHAPES[0]))
+        assert all(math.isfinite(float(r[k])) and float(r[k]) > 0 for k in ("y_median", "y_p20", "y_p80"))
+        extra = json.loads(r["extra"])
+        assert extra["agrees"], (r["provider"], r["dtype"], extra["rel_errors"])
+        assert set(extra["rel_errors"]) == {"loss", "hidden", "weight", "bias"}
+
+    rows = results[icmb.OP]["rows"]
+    ratios = {(r["provider"], r["metric"], r["dtype"]) for r in rows if r["metric"].startswith("speedup_vs_")}
+    for provider in (p for p in expected if p.startswith("mixkernels-")):
+        assert (provider, f"speedup_vs_{icmb.DENSE}", "float32") in ratios
+    if device == "cpu" and harness.cpu_peak_rss_supported():
+        assert {r["provider"] for r in rows if r["metric"] == "memory"} == expected
+    table = results[icmb.OP]["markdown"]
+    assert all(p in table for p in expected) and "grads to hidden, weight, bias" in table
+
+
+def test_infinite_class_mixup_shapes():
+    from benchmarks import bench_infinite_class_mixup as icmb
+
+    assert icmb.parse_shapes("128x512x100, 2048x1024x21843") == ((128, 512, 100), (2048, 1024, 21843))
+    for other_suites_shape in ("512x1000", "64x3x224x224"):
+        with pytest.raises(ValueError):
+            icmb.parse_shapes(other_suites_shape)
+    with pytest.raises(ValueError):  # and theirs reject this suite's
+        mce.parse_shapes("128x512x100")
+    assert icmb.bench_shapes(quick=True) == icmb.QUICK_SHAPES
+    assert icmb.GPU_ONLY_SHAPES[0] not in icmb.bench_shapes(quick=False, device="cpu")
+    assert icmb.GPU_ONLY_SHAPES[0] in icmb.bench_shapes(quick=False, device="cuda")
+    assert (4096, 2048, 1000) in icmb.bench_shapes(quick=False, device="cpu")
