@@ -221,34 +221,28 @@ def run_suite(op: str = OP, *, device=None, shapes: Sequence[Sequence[int]] | No
     shapes = tuple(tuple(s) for s in (shapes or bench_shapes()))
     env = env if env is not None else harness.environment(device)
     names = list(provider_names or providers(op, device, include_compile=include_compile))
-    rows: list[dict] = []
-    for shape in shapes:
-        label = shape_label(shape)
-        for dtype in dtypes:
-            inputs = Inputs(shape, dtype, device)
-            compiled = compile_eager_mask_mix() if COMPILE in names else None
-            cases = [Case(p, m, inputs, compiled) for p in names for m in METRICS]
-            errors = _check_against_reference(cases, inputs, log)
-            timings, foreign_share, attempts = image_suite.time_cases(
-                cases, device=device, warmup=warmup, rep=rep, budget_s=budget_s, busy_retries=busy_retries,
-                busy_threshold=busy_threshold, busy_wait_s=busy_wait_s, log=log,
-                tag=f"{OP} {label} {harness_dtype(dtype)}")
-            times: dict[tuple[str, str], float] = {}
-            for case in cases:
-                timing = timings[case.name]
-                b, c, h, w = shape
-                extra = {"B": b, "C": c, "H": h, "W": w, "mask": list(mask_size(shape)), "mode": MODE,
-                         "metric": case.metric, "partner": "random permutation", "seed": SEED,
-                         "reps": timing["reps"], "num_threads": timing["num_threads"],
-                         "max_rel_error": errors[case.name], "tolerance": tolerance(dtype),
-                         "agrees": errors[case.name] <= tolerance(dtype),
-                         "foreign_cpu_share": foreign_share, "timing_attempts": attempts}
-                rows += image_suite.case_rows(OP, case, timing, extra, shape=shape, dtype=dtype, device=device,
-                                              env=env, measure_memory=measure_memory, log=log)
-                times[case.provider, case.metric] = timing["median_ms"]
-            del cases, compiled, inputs
-            rows += image_suite.speedup_rows(OP, shape, dtype, device, times, baselines_of, env)
-    return rows
+
+    def make_cases(shape, dtype, names):
+        inputs = Inputs(shape, dtype, device)
+        compiled = compile_eager_mask_mix() if COMPILE in names else None
+        return [Case(p, m, inputs, compiled) for p in names for m in METRICS]
+
+    def check(cases):
+        return _check_against_reference(cases, cases[0].inputs, log)
+
+    return image_suite.run_shapes(OP, shapes=shapes, dtypes=dtypes, device=device, names=names,
+                                  make_cases=make_cases, check=check, extra_of=_extra, baselines_of=baselines_of,
+                                  warmup=warmup, rep=rep, budget_s=budget_s, measure_memory=measure_memory, env=env,
+                                  log=log, busy_retries=busy_retries, busy_threshold=busy_threshold,
+                                  busy_wait_s=busy_wait_s)
+
+
+def _extra(case: Case, shape, timing, error: float, dtype) -> dict:
+    b, c, h, w = shape
+    return {"B": b, "C": c, "H": h, "W": w, "mask": list(mask_size(shape)), "mode": MODE, "metric": case.metric,
+            "partner": "random permutation", "seed": SEED, "reps": timing["reps"],
+            "num_threads": timing["num_threads"], "max_rel_error": error, "tolerance": tolerance(dtype),
+            "agrees": error <= tolerance(dtype)}
 
 
 def tables(rows: Sequence[dict]) -> str:

@@ -272,30 +272,23 @@ def run_suite(op: str = OP, *, device=None, shapes: Sequence[Sequence[int]] | No
     shapes = tuple(tuple(s) for s in (shapes or bench_shapes()))
     env = env if env is not None else harness.environment(device)
     names = list(provider_names or providers(op, device, include_compile=include_compile))
-    rows: list[dict] = []
-    for shape in shapes:
-        label = shape_label(shape)
-        for dtype in dtypes:
-            inputs = Inputs(shape, dtype, device)
-            compiled = compile_eager_mix() if COMPILE in names else None
-            cases = [Case(p, m, inputs, compiled) for p in names for m in metrics_of(p)]
-            errors = _check_against_reference(cases, inputs, log)
-            timings, foreign_share, attempts = image_suite.time_cases(
-                cases, device=device, warmup=warmup, rep=rep, budget_s=budget_s, busy_retries=busy_retries,
-                busy_threshold=busy_threshold, busy_wait_s=busy_wait_s, log=log,
-                tag=f"{OP} {label} {harness_dtype(dtype)}")
-            times: dict[tuple[str, str], float] = {}
-            for case in cases:
-                timing = timings[case.name]
-                extra = _extra(case, shape, timing, errors[case.name], tolerance(dtype))
-                extra["foreign_cpu_share"] = foreign_share
-                extra["timing_attempts"] = attempts
-                rows += image_suite.case_rows(OP, case, timing, extra, shape=shape, dtype=dtype, device=device,
-                                              env=env, measure_memory=measure_memory, log=log)
-                times[case.provider, case.metric] = timing["median_ms"]
-            del cases, compiled, inputs
-            rows += image_suite.speedup_rows(OP, shape, dtype, device, times, baselines_of, env)
-    return rows
+
+    def make_cases(shape, dtype, names):
+        inputs = Inputs(shape, dtype, device)
+        compiled = compile_eager_mix() if COMPILE in names else None
+        return [Case(p, m, inputs, compiled) for p in names for m in metrics_of(p)]
+
+    def check(cases):
+        return _check_against_reference(cases, cases[0].inputs, log)
+
+    def extra_of(case, shape, timing, error, dtype):
+        return _extra(case, shape, timing, error, tolerance(dtype))
+
+    return image_suite.run_shapes(OP, shapes=shapes, dtypes=dtypes, device=device, names=names,
+                                  make_cases=make_cases, check=check, extra_of=extra_of, baselines_of=baselines_of,
+                                  warmup=warmup, rep=rep, budget_s=budget_s, measure_memory=measure_memory, env=env,
+                                  log=log, busy_retries=busy_retries, busy_threshold=busy_threshold,
+                                  busy_wait_s=busy_wait_s)
 
 
 def _extra(case: Case, shape, timing: dict, error: float, tol: float) -> dict:

@@ -231,3 +231,43 @@ def tables(rows: Sequence[dict], op: str, titles: Mapping[str, str],
         out.append(harness.markdown_table(headers, body, align=["l", "l", "l"] + ["r"] * (len(headers) - 3)))
         out.append("")
     return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- the per-shape loop
+
+def run_shapes(op: str, *, shapes, dtypes, device, names: Sequence[str],
+               make_cases: Callable[[tuple, torch.dtype, Sequence[str]], list],
+               check: Callable[[list], dict], extra_of: Callable[[object, tuple, Mapping, float, torch.dtype], dict],
+               baselines_of: Callable[[str], Sequence[str]], warmup: int, rep: int, budget_s: float,
+               measure_memory: bool, env, log, busy_retries: int = 0, busy_threshold: float = 0.1,
+               busy_wait_s: float = 120.0) -> list[dict]:
+    """For each shape and dtype: build the cases, check them against the reference, time them, return rows.
+
+    ``make_cases(shape, dtype, names)`` builds the shape's inputs (and compiled
+    baselines) and returns its cases; ``check(cases)`` runs each once and
+    returns ``case.name -> error``; ``extra_of(case, shape, timing, error,
+    dtype)`` is the op's ``extra`` of a row (the foreign CPU share and timing
+    attempts are added here).
+    """
+    rows: list[dict] = []
+    for shape in shapes:
+        label = shape_label(shape)
+        for dtype in dtypes:
+            cases = make_cases(shape, dtype, names)
+            errors = check(cases)
+            timings, foreign_share, attempts = time_cases(
+                cases, device=device, warmup=warmup, rep=rep, budget_s=budget_s, busy_retries=busy_retries,
+                busy_threshold=busy_threshold, busy_wait_s=busy_wait_s, log=log,
+                tag=f"{op} {label} {harness_dtype(dtype)}")
+            times: dict[tuple[str, str], float] = {}
+            for case in cases:
+                timing = timings[case.name]
+                extra = extra_of(case, shape, timing, errors[case.name], dtype)
+                extra["foreign_cpu_share"] = foreign_share
+                extra["timing_attempts"] = attempts
+                rows += case_rows(op, case, timing, extra, shape=shape, dtype=dtype, device=device, env=env,
+                                  measure_memory=measure_memory, log=log)
+                times[case.provider, case.metric] = timing["median_ms"]
+            del cases
+            rows += speedup_rows(op, shape, dtype, device, times, baselines_of, env)
+    return rows

@@ -44,23 +44,8 @@ def check_logits(logits, name: str = "logits") -> None:
 
 
 def check_labels(y, name: str, batch: int, num_classes: int, device: torch.device) -> None:
-    if not isinstance(y, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(y).__name__}")
-    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-        raise TypeError(f"{name} must hold integer class indices, got {y.dtype}")
-    if y.shape != (batch,):
-        raise ValueError(f"{name} must have shape ({batch},) to match logits, got {tuple(y.shape)}")
-    if y.device != device:
-        raise ValueError(f"{name} is on {y.device} but logits are on {device}")
-    if _tracing():
-        return
-    in_range = (y >= 0) & (y < num_classes)
-    if y.device.type == "cpu":
-        if not bool(in_range.all()):
-            bad = int((~in_range).nonzero()[0, 0])
-            raise IndexError(f"{name}[{bad}] = {int(y[bad])} is outside [0, {num_classes})")
-    else:
-        torch._assert_async(in_range.all(), f"mixkernels: {name} has labels outside [0, {num_classes})")
+    """(batch,) integer class indices in [0, num_classes), on the logits' device."""
+    check_class_labels(y, name, batch, num_classes, device, "logits")
 
 
 def check_lam(lam, name: str, batch: int, device: torch.device) -> None:

@@ -12,6 +12,9 @@ import torch
 # otherwise fuse them into an fma on the GPU.
 NO_FP_FUSION = {"enable_fp_fusion": False}
 
+# CUDA's cap on grid axis 0 (axes 1 and 2 stop at 65535, so the image kernels use a 1-D grid).
+MAX_GRID_X = 2**31 - 1
+
 
 def device_guard(t: torch.Tensor):
     """Triton launches on the current CUDA device; make it the tensor's."""

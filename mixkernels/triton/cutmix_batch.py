@@ -58,7 +58,7 @@ import triton
 import triton.language as tl
 
 from mixkernels.triton._aot import specialisations
-from mixkernels.triton._launch import NO_FP_FUSION, device_guard, sm_count
+from mixkernels.triton._launch import MAX_GRID_X, NO_FP_FUSION, device_guard, sm_count
 
 __all__ = [
     "mix_images_forward",
@@ -70,8 +70,6 @@ __all__ = [
     "COMPILE_OPTIONS",
 ]
 
-# CUDA's cap on grid axis 0.
-_MAX_GRID_X = 2**31 - 1
 # Column indices are int32 and may run one tile past N.
 _MAX_ROW_LENGTH = 2**31 - 4096
 # Box corners are clamped into [0, _MAX_COORD] and compared as int32: every
@@ -515,7 +513,7 @@ def mix_images_forward(x: torch.Tensor, src: torch.Tensor, w_self: torch.Tensor,
     n_rows, n_cols = sizes[:2]
     cfg = launch_config("forward", n_rows, n_cols, x.dtype, channels_last)
     programs = triton.cdiv(n_rows, cfg["BLOCK_R"]) * triton.cdiv(n_cols, cfg["BLOCK_N"])
-    if programs > _MAX_GRID_X:
+    if programs > MAX_GRID_X:
         raise ValueError(f"x of {x.numel()} values is too large for one launch")
     grid = (programs,)
     with device_guard(x):

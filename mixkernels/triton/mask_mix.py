@@ -57,7 +57,7 @@ import triton
 import triton.language as tl
 
 from mixkernels.triton._aot import specialisations
-from mixkernels.triton._launch import NO_FP_FUSION, device_guard
+from mixkernels.triton._launch import MAX_GRID_X, NO_FP_FUSION, device_guard
 
 __all__ = [
     "mask_mix_forward",
@@ -69,8 +69,6 @@ __all__ = [
     "COMPILE_OPTIONS",
 ]
 
-# CUDA's cap on grid axis 0.
-_MAX_GRID_X = 2**31 - 1
 # Within-image offsets are int32 and a tile may run one block past the end.
 _MAX_IMAGE_VALUES = 2**31 - 4096
 
@@ -600,7 +598,7 @@ def _image_arguments(x: torch.Tensor, mask: torch.Tensor, channels_last: bool) -
 
 def _pixel_grid(batch: int, n_pixels: int, cfg: dict) -> tuple[int]:
     programs = batch * triton.cdiv(n_pixels, cfg["BLOCK_P"])
-    if programs > _MAX_GRID_X:
+    if programs > MAX_GRID_X:
         raise ValueError(f"a batch of {batch} images of {n_pixels} pixels is too large for one "
                          "launch")
     return (programs,)
@@ -680,7 +678,7 @@ def mask_mix_backward(grad: torch.Tensor, x: torch.Tensor, src: torch.Tensor, ma
             cfg, options = _launch_options(launch_config("mask_grad", channels, channels_last,
                                                          bilinear))
             programs = batch * mask_h * triton.cdiv(mask_w, cfg["BLOCK_S"])
-            if programs > _MAX_GRID_X:
+            if programs > MAX_GRID_X:
                 raise ValueError(f"a mask of {mask.numel()} cells is too large for one launch")
             _mask_mix_mask_grad_kernel[(programs,)](
                 d, grad_mask32, height, width, mask_h, mask_w, args[-2], args[-1],
