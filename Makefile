@@ -51,6 +51,7 @@ test: build
 
 demo: build
 	$(PY) examples/digits_mixup.py
+	$(PY) examples/icm_digits.py
 
 bench: build
 	$(PY) -m benchmarks.run --op all

@@ -29,3 +29,23 @@ def test_digits_mixup_learns(capsys):
     assert result["max_loss_diff"] < 1e-4
     assert result["max_grad_diff"] < 1e-4
     assert result["loss_ms_mixkernels"] > 0 and result["loss_ms_two_ce"] > 0
+
+
+def test_icm_digits_trains_all_three_methods(capsys):
+    pytest.importorskip("sklearn")
+    demo = _load("icm_digits")
+    results = demo.main(["--epochs", "2", "--quiet", "--device", "cpu"])
+    out = capsys.readouterr().out
+    # The summary table: one row per method, and the agreement check's verdict.
+    assert "test acc" in out
+    for method in ("mixup", "icm", "ic-regmixup"):
+        assert f"\n{method} " in out
+    assert "dense form" in out and ": passed." in out
+    assert set(results) == {"mixup", "icm", "ic-regmixup"}
+    for r in results.values():
+        assert all(0.0 <= acc <= 1.0 for acc in r["accuracy_per_epoch"])
+        assert 0.0 <= r["test_accuracy"] <= 1.0
+        # mixkernels' losses and gradients must match the dense form the method's code uses.
+        assert r["agrees"]
+        assert r["max_loss_diff"] < 1e-4 and r["max_grad_diff"] < 1e-4
+        assert r["loss_ms_mixkernels"] > 0 and r["loss_ms_dense"] > 0
