@@ -58,6 +58,27 @@ TORCH_LIBRARY(mixkernels, m) {
   // for is returned with shape (0,). Deterministic (no atomics).
   m.def("mask_mix_backward(Tensor grad, Tensor x, Tensor src, Tensor mask, bool bilinear, bool needs_x_grad, "
         "bool needs_mask_grad) -> (Tensor, Tensor)");
+  // Infinite Class Mixup (shared/notes/icm.md). hidden (B, D), weight (C, D)
+  // and bias (C,) in one dtype (fp32, bf16 or fp16; any strides); y_a, y_b:
+  // int64 (B,); lam: fp32 (B,). Scores S = hidden @ W~.T + b~ (B x B) with
+  // W~_k = lerp(weight[y_b_k], weight[y_a_k], lam_k), b~ alike, all in fp32.
+  // axes: "both", "row" or "col"; path: "factorised" (S from W~) or "logits"
+  // (S gathered from Z = hidden @ weight.T + bias), the same loss either way.
+  // Returns (loss, row_lse, col_lse, cache), all fp32: loss (B,) = per sample
+  // b, lse(S[b, :]) - S[b, b] (row term) + lse(S[:, b]) - S[b, b] (column
+  // term); row_lse / col_lse (B,), or (0,) without their term; cache: with
+  // keep_cache, S (B, B) or Z (B, C) for the backward to read instead of
+  // recomputing, otherwise (0,).
+  m.def("infinite_class_mixup_loss(Tensor hidden, Tensor weight, Tensor? bias, Tensor y_a, Tensor y_b, "
+        "Tensor lam, str axes, str path, bool keep_cache) -> (Tensor, Tensor, Tensor, Tensor)");
+  // (grad_hidden, grad_weight, grad_bias, grad_lam) for grad_loss: fp32 (B,),
+  // the incoming gradient of each sample's loss, given the forward's outputs.
+  // Gradients in the inputs' dtypes (grad_lam fp32), computed only where
+  // output_mask says so (the others, and grad_bias without a bias, are (0,)).
+  // Deterministic (no atomics).
+  m.def("infinite_class_mixup_loss_backward(Tensor grad_loss, Tensor hidden, Tensor weight, Tensor? bias, "
+        "Tensor y_a, Tensor y_b, Tensor lam, Tensor row_lse, Tensor col_lse, Tensor cache, str axes, str path, "
+        "bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
   // Whether this build compiled the CUDA kernels (for mixkernels.backends()).
   m.def("built_with_cuda() -> bool", []() -> bool {
 #ifdef MIXKERNELS_WITH_CUDA

@@ -15,6 +15,7 @@ import torch
 
 from mixkernels import _backend, _validation, reference
 from mixkernels.ops.cutmix_batch import MIX_IMAGES_BACKENDS, mix_images
+from mixkernels.ops.infinite_class_mixup import ICM_BACKENDS, PATHS as ICM_PATHS, infinite_class_mixup_loss_rows
 from mixkernels.ops.mask_mix import MASK_MIX_BACKENDS, mask_mix_on_backend
 from mixkernels.ops.mix_batch import mix_rows, mix_rows_inplace
 from mixkernels.ops.mixup_cross_entropy import mixup_cross_entropy_rows
@@ -263,10 +264,9 @@ def mask_mix(x: torch.Tensor, perm: torch.Tensor, mask: torch.Tensor, *, mode: s
 
 # --------------------------------------------------------------------------- Infinite Class Mixup
 
-# The compiled backends with kernels for infinite_class_mixup_loss; until there
-# are any, "auto" runs mixkernels.reference and a compiled backend asked for by
-# name raises.
-ICM_BACKENDS: tuple = ()
+# ICM_BACKENDS (from mixkernels.ops.infinite_class_mixup): the compiled
+# backends with kernels for infinite_class_mixup_loss; another compiled backend
+# asked for by name raises.
 ICM_OP = "infinite_class_mixup_loss"
 
 
@@ -309,12 +309,30 @@ def _loss_dtype(input_dtype: torch.dtype, autocast_dtype: Optional[torch.dtype])
 
 
 def _icm_loss_on_backend(backend: str, hidden, weight, y_a, y_b, lam, bias, axes: str,
-                         reduction: str) -> torch.Tensor:
+                         reduction: str, path: str = "auto") -> torch.Tensor:
     """The loss in fp32 (fp64 for fp64 inputs), reduced as asked."""
     if backend == "torch":
         return reference.icm_loss_from_scores(reference.icm_scores(hidden, weight, y_a, y_b, lam, bias),
                                               axes, reduction)
-    raise RuntimeError(f"{ICM_OP}: backend {backend!r} is listed in ICM_BACKENDS but has no kernels wired")
+    if hidden.dtype == torch.float64:
+        raise TypeError(f"hidden must be float32, bfloat16 or float16 for backend {backend!r}, got float64")
+    batch = hidden.shape[0]
+    loss_rows = infinite_class_mixup_loss_rows(
+        hidden, weight, bias, _validation.labels_int64(y_a), _validation.labels_int64(y_b),
+        _validation.lam_per_row(lam, batch, hidden.device), axes, path, backend)
+    return reference.reduce_loss(loss_rows, reduction)
+
+
+def _resolve_icm_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """As resolve_backend; "auto" runs fp64 inputs on the reference, which the
+    compiled kernels (fp32 arithmetic) do not serve."""
+    resolved = _backend.resolve_backend(backend, device, op=ICM_OP, implemented=ICM_BACKENDS)
+    return "torch" if backend == "auto" and dtype == torch.float64 else resolved
+
+
+def _check_icm_path(path) -> None:
+    if not isinstance(path, str) or path not in ICM_PATHS:
+        raise ValueError(f"path must be one of {ICM_PATHS}, got {path!r}")
 
 
 def _check_icm_arguments(hidden, weight, y_a, y_b, lam, bias, axes, reduction, hidden_name: str) -> None:
@@ -329,7 +347,7 @@ def _check_icm_arguments(hidden, weight, y_a, y_b, lam, bias, axes, reduction, h
 
 def infinite_class_mixup_loss(hidden: torch.Tensor, weight: torch.Tensor, y_a, y_b: Optional[torch.Tensor] = None,
                               lam=None, *, bias: Optional[torch.Tensor] = None, axes: str = "both",
-                              reduction: str = "mean", backend: str = "auto") -> torch.Tensor:
+                              reduction: str = "mean", backend: str = "auto", path: str = "auto") -> torch.Tensor:
     """Infinite Class Mixup (ICM): the contrast of the mixed outputs with the mixed classifiers.
 
     Pair k gets the classifier ``W~_k = lam_k W[y_a_k] + (1 - lam_k) W[y_b_k]``
@@ -359,6 +377,12 @@ def infinite_class_mixup_loss(hidden: torch.Tensor, weight: torch.Tensor, y_a, y
             column term).
         backend: ``"auto"``, ``"torch"`` or a compiled backend with kernels for
             this op (``ICM_BACKENDS``).
+        path: how a compiled backend forms the scores, the same loss either
+            way: ``"factorised"`` (``hidden @ W~.T + b~``: 3 B*B*D multiply-adds
+            forward + backward), ``"logits"`` (gathered from the C-way logits
+            ``hidden @ weight.T + bias``: 3 B*C*D) or ``"auto"``, the one with
+            fewer multiply-adds (factorised when B <= C). The ``"torch"``
+            backend always runs the reference's factorised form.
 
     Computed in fp32 and returned in hidden's dtype. Under ``torch.autocast``,
     hidden, weight and bias are first cast to the autocast dtype, as
@@ -370,9 +394,10 @@ def infinite_class_mixup_loss(hidden: torch.Tensor, weight: torch.Tensor, y_a, y
     autocast_dtype = _autocast_dtype(device) if device is not None else None
     hidden, weight, bias = (_cast_for_autocast(t, autocast_dtype) for t in (hidden, weight, bias))
     _check_icm_arguments(hidden, weight, y_a, y_b, lam, bias, axes, reduction, "hidden")
-    backend = _backend.resolve_backend(backend, device, op=ICM_OP, implemented=ICM_BACKENDS)
+    _check_icm_path(path)
+    backend = _resolve_icm_backend(backend, device, hidden.dtype)
     with _autocast_off(device, autocast_dtype):
-        loss = _icm_loss_on_backend(backend, hidden, weight, y_a, y_b, lam, bias, axes, reduction)
+        loss = _icm_loss_on_backend(backend, hidden, weight, y_a, y_b, lam, bias, axes, reduction, path)
     return loss.to(_loss_dtype(hidden.dtype, autocast_dtype))
 
 
@@ -420,7 +445,7 @@ def ic_regmixup_loss(clean_logits: torch.Tensor, y: torch.Tensor, hidden_mixed: 
     if reduction == "none" and clean_logits.shape[0] != hidden_mixed.shape[0]:
         raise ValueError(f"reduction='none' needs clean_logits and hidden_mixed of one batch size, got "
                          f"{clean_logits.shape[0]} and {hidden_mixed.shape[0]}")
-    icm_backend = _backend.resolve_backend(backend, device, op=ICM_OP, implemented=ICM_BACKENDS)
+    icm_backend = _resolve_icm_backend(backend, device, hidden_mixed.dtype)
     clean = mixup_cross_entropy(clean_logits, y, y, 1.0, label_smoothing=label_smoothing, reduction=reduction,
                                 backend=backend)
     with _autocast_off(device, autocast_dtype):

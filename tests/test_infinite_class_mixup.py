@@ -5,6 +5,9 @@ Forward and every gradient (hidden, weight, bias, lam) in fp32, bf16 and fp16
 against an fp64 ground truth (tests/numerics.py), odd shapes, per-batch and
 per-sample lam, every axes and reduction, grad_output other than 1, partial
 requires_grad, non-contiguous inputs, MixedTargets, the module, autocast.
+The compiled backends' two paths (factorised, through the logits), with the
+scores kept from forward or recomputed block by block, each forced; the edge
+cases that must be exact; determinism.
 """
 
 import copy
@@ -17,6 +20,7 @@ from torch import nn
 import mixkernels
 from mixkernels import reference
 from mixkernels.functional import ICM_BACKENDS
+from mixkernels.ops import infinite_class_mixup as icm_ops
 from tests.backend_cases import compiled_backends_for_tests
 from tests.numerics import assert_matches_ground_truth
 
@@ -39,17 +43,22 @@ def icm_backends():
 BACKENDS = icm_backends()
 
 
-def make_inputs(batch, num_classes, dtype, device, lam_kind, *, bias=True, layout="contiguous"):
+def make_inputs(batch, num_classes, dtype, device, lam_kind, *, bias=True, layout="contiguous", features=FEATURES):
     if layout == "transposed":  # unit stride along the batch (and the classes), not the features
-        hidden = torch.randn(FEATURES, batch, device=device).to(dtype).t()
-        weight = (0.5 * torch.randn(FEATURES, num_classes, device=device)).to(dtype).t()
+        hidden = torch.randn(features, batch, device=device).to(dtype).t()
+        weight = (0.5 * torch.randn(features, num_classes, device=device)).to(dtype).t()
     elif layout == "column_slice":  # rows strided wider than D
-        hidden = torch.randn(batch, FEATURES + 5, device=device).to(dtype)[:, 3:3 + FEATURES]
-        weight = (0.5 * torch.randn(num_classes, FEATURES + 2, device=device)).to(dtype)[:, 1:1 + FEATURES]
+        hidden = torch.randn(batch, features + 5, device=device).to(dtype)[:, 3:3 + features]
+        weight = (0.5 * torch.randn(num_classes, features + 2, device=device)).to(dtype)[:, 1:1 + features]
     else:
-        hidden = torch.randn(batch, FEATURES, device=device).to(dtype)
-        weight = (0.5 * torch.randn(num_classes, FEATURES, device=device)).to(dtype)
-    b = torch.randn(num_classes, device=device).to(dtype) if bias else None
+        hidden = torch.randn(batch, features, device=device).to(dtype)
+        weight = (0.5 * torch.randn(num_classes, features, device=device)).to(dtype)
+    if not bias:
+        b = None
+    elif layout == "contiguous":
+        b = torch.randn(num_classes, device=device).to(dtype)
+    else:  # a strided bias too
+        b = torch.randn(2 * num_classes, device=device).to(dtype)[::2]
     y_a = torch.randint(0, num_classes, (batch,), device=device)
     y_b = y_a[torch.randperm(batch, device=device)]
     if batch > 2:
@@ -74,9 +83,9 @@ def grad_output_for(loss, reduction):
 
 
 def run_and_compare(backend, device, batch, num_classes, dtype, lam_kind, axes, reduction, *, bias=True,
-                    grads=GRADS, layout="contiguous"):
+                    grads=GRADS, layout="contiguous", path="auto", features=FEATURES):
     hidden, weight, b, y_a, y_b, lam = make_inputs(batch, num_classes, dtype, device, lam_kind, bias=bias,
-                                                   layout=layout)
+                                                   layout=layout, features=features)
     lam_is_tensor = isinstance(lam, torch.Tensor)
     wanted = {"hidden": "hidden" in grads, "weight": "weight" in grads, "bias": "bias" in grads and bias,
               "lam": "lam" in grads and lam_is_tensor}
@@ -93,7 +102,7 @@ def run_and_compare(backend, device, batch, num_classes, dtype, lam_kind, axes, 
             out = reference.infinite_class_mixup_loss(h, w, y_a, y_b, lm, bb, axes, reduction)
         else:
             out = mixkernels.infinite_class_mixup_loss(h, w, y_a, y_b, lm, bias=bb, axes=axes, reduction=reduction,
-                                                       backend=fn_backend)
+                                                       backend=fn_backend, path=path)
         inputs = [t for t, name in zip((h, w, bb, lm), GRADS) if wanted[name]]
         go = grad_output_for(out, reduction)
         return out, (torch.autograd.grad(out, inputs, go) if inputs else ()), go
@@ -104,7 +113,8 @@ def run_and_compare(backend, device, batch, num_classes, dtype, lam_kind, axes, 
     assert out.dtype == dtype
     # Each gradient entry is the incoming gradient times sums of terms of size about 1.
     per_sample = float(grad_output.abs().max()) / (batch if reduction == "mean" else 1)
-    tag = f"{backend} {dtype} B={batch} C={num_classes} lam={lam_kind} bias={bias} {axes} {reduction} {layout}"
+    tag = (f"{backend} {path} {dtype} B={batch} C={num_classes} lam={lam_kind} bias={bias} {axes} {reduction} "
+           f"{layout}")
     assert_matches_ground_truth(out, base_out, true_out, dtype, f"loss [{tag}]")
     names = [name for name in GRADS if wanted[name]]
     for name, g, bg, tg in zip(names, got, base, truth):

@@ -1,0 +1,124 @@
+"""infinite_class_mixup_loss as torch.library ops: fake impls, autograd, dispatch.
+
+``mixkernels::infinite_class_mixup_loss`` (+ ``_backward``): C++ schemas from
+``csrc/ops.cpp`` with CPU kernels in ``csrc/cpu/infinite_class_mixup*.cpp``.
+The forward returns each sample's loss (row term + column term) and the
+per-row / per-column log-sum-exp of the scores; the backward rebuilds the
+softmaxes from them, a block of score rows at a time, and forms only the
+gradients asked for. The reduction over the batch happens in Python, so
+``reduction="none"`` leaves all gradient work to backward.
+
+Two exact ways to the (B, B) scores ``S`` (``path``):
+
+* ``"factorised"``: the mixed classifiers ``W~`` (B x D, a gather-lerp of
+  weight rows), then ``S = hidden @ W~.T + b~``: 3 * B * B * D multiply-adds
+  forward + backward.
+* ``"logits"``: ``Z = hidden @ weight.T + bias`` (B x C), then
+  ``S[b, k] = lerp(Z[b, y_b_k], Z[b, y_a_k], lam_k)`` by gathers: 3 * B * C * D
+  multiply-adds plus O(B^2) gathers.
+
+``"auto"`` takes the one with fewer multiply-adds: factorised when B <= C
+(:func:`choose_path`). The GEMMs are nearly all the time on both paths (at
+(B, D, C) = (4096, 2048, 1000) the logits path is 4x fewer multiply-adds).
+
+The kept matrix (``keep_cache``): the forward computes S (factorised) or Z
+(logits) whole and hands it to backward, which then runs 3 GEMMs instead of 4.
+It is kept only when gradients are wanted and it is no larger than the larger
+of the inputs hidden and weight (:func:`keeps_cache`), so peak memory stays
+within a small multiple of the inputs; otherwise backward recomputes it block
+by block and memory stays O(B * D + C * D).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mixkernels import _backend
+
+CPP_OP = "mixkernels::infinite_class_mixup_loss"
+# The compiled backends with kernels for infinite_class_mixup_loss.
+ICM_BACKENDS = ("cpu",)
+PATHS = ("auto", "factorised", "logits")
+
+
+def choose_path(batch: int, num_classes: int, path: str = "auto") -> str:
+    """The path that computes the scores: ``path`` itself, or for ``"auto"`` the one
+    with fewer multiply-adds, ``"factorised"`` (B * B * D per GEMM) when B <= C,
+    else ``"logits"`` (B * C * D per GEMM)."""
+    if path != "auto":
+        return path
+    return "factorised" if batch <= num_classes else "logits"
+
+
+def keeps_cache(batch: int, features: int, num_classes: int, path: str) -> bool:
+    """Whether the forward keeps S (factorised, B x B) or Z (logits, B x C) for
+    backward: when it is no larger than the larger of hidden (B x D) and weight (C x D)."""
+    width = batch if path == "factorised" else num_classes
+    return batch * width <= max(batch, num_classes) * features
+
+
+def _fake_forward(hidden, weight, bias, y_a, y_b, lam, axes, path, keep_cache):
+    batch = hidden.shape[0]
+    width = batch if path == "factorised" else weight.shape[0]
+
+    def stat(present):
+        return hidden.new_empty((batch if present else 0,), dtype=torch.float32)
+
+    cache = hidden.new_empty((batch, width) if keep_cache else (0,), dtype=torch.float32)
+    return stat(True), stat(axes != "col"), stat(axes != "row"), cache
+
+
+def _fake_backward(grad_loss, hidden, weight, bias, y_a, y_b, lam, row_lse, col_lse, cache, axes, path,
+                   output_mask):
+    def grad_like(t, wanted, dtype=None):
+        if wanted and t is not None:
+            return t.new_empty(t.shape, dtype=dtype)
+        like = t if t is not None else weight
+        return like.new_empty((0,), dtype=dtype)
+
+    return (grad_like(hidden, output_mask[0]), grad_like(weight, output_mask[1]),
+            grad_like(bias, output_mask[2]), grad_like(lam, output_mask[3], torch.float32))
+
+
+def _setup_context(ctx, inputs, output):
+    hidden, weight, bias, y_a, y_b, lam, axes, path, keep_cache = inputs
+    _, row_lse, col_lse, cache = output
+    ctx.save_for_backward(hidden, weight, bias, y_a, y_b, lam, row_lse, col_lse, cache)
+    ctx.axes, ctx.path = axes, path
+
+
+def _backward(ctx, grad_loss, grad_row_lse, grad_col_lse, grad_cache):
+    # The statistics and the cache are auxiliary outputs for backward; nothing
+    # differentiates through them.
+    hidden, weight, bias, y_a, y_b, lam, row_lse, col_lse, cache = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    mask = [needs[0], needs[1], needs[2] and bias is not None, needs[5]]
+    grads = torch.ops.mixkernels.infinite_class_mixup_loss_backward(
+        grad_loss.float().contiguous(), hidden, weight, bias, y_a, y_b, lam, row_lse, col_lse, cache, ctx.axes,
+        ctx.path, mask)
+    grad_hidden, grad_weight, grad_bias, grad_lam = (g if wanted else None for g, wanted in zip(grads, mask))
+    return grad_hidden, grad_weight, grad_bias, None, None, grad_lam, None, None, None
+
+
+if _backend.extension_loaded():
+    torch.library.register_fake(CPP_OP)(_fake_forward)
+    torch.library.register_fake(CPP_OP + "_backward")(_fake_backward)
+    torch.library.register_autograd(CPP_OP, _backward, setup_context=_setup_context)
+
+
+def infinite_class_mixup_loss_rows(hidden: torch.Tensor, weight: torch.Tensor, bias, y_a: torch.Tensor,
+                                   y_b: torch.Tensor, lam: torch.Tensor, axes: str, path: str,
+                                   backend: str) -> torch.Tensor:
+    """Per-sample fp32 loss from a compiled backend; inputs already checked and
+    normalised (int64 labels, fp32 (B,) lam, ``path`` one of :data:`PATHS`)."""
+    if backend != "cpu":
+        raise ValueError(f"no compiled infinite_class_mixup_loss for backend {backend!r}")
+    batch, features = hidden.shape
+    num_classes = weight.shape[0]
+    path = choose_path(batch, num_classes, path)
+    wants_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (hidden, weight, bias, lam))
+    keep = wants_grad and keeps_cache(batch, features, num_classes, path)
+    loss, _, _, _ = torch.ops.mixkernels.infinite_class_mixup_loss(hidden, weight, bias, y_a, y_b, lam, axes, path,
+                                                                   keep)
+    return loss
