@@ -133,3 +133,48 @@ print("ok")
     assert result.returncode == 0, result.stderr
     used, status = result.stdout.split()
     assert used == capability.upper() and status == "ok"
+
+
+def _icm_args(dtype=torch.float32, batch=6, features=5, num_classes=9, bias=True):
+    hidden = torch.randn(batch, features, dtype=dtype, requires_grad=True)
+    weight = torch.randn(num_classes, features, dtype=dtype, requires_grad=True)
+    b = torch.randn(num_classes, dtype=dtype, requires_grad=True) if bias else None
+    y_a = torch.randint(0, num_classes, (batch,))
+    y_b = torch.randint(0, num_classes, (batch,))
+    lam = torch.rand(batch, requires_grad=True)
+    return hidden, weight, b, y_a, y_b, lam
+
+
+@pytest.mark.parametrize("path", ["factorised", "logits"])
+@pytest.mark.parametrize("axes", ["both", "row", "col"])
+@pytest.mark.parametrize("keep_cache", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_opcheck_infinite_class_mixup(path, axes, keep_cache, bias):
+    ops = torch.ops.mixkernels
+    hidden, weight, b, y_a, y_b, lam = _icm_args(bias=bias)
+    torch.library.opcheck(ops.infinite_class_mixup_loss.default,
+                          (hidden, weight, b, y_a, y_b, lam, axes, path, keep_cache))
+    detached = [t.detach() if t is not None else None for t in (hidden, weight, b)]
+    loss, row_lse, col_lse, cache = ops.infinite_class_mixup_loss(*detached, y_a, y_b, lam.detach(), axes, path,
+                                                                  keep_cache)
+    for mask in ([True, True, bias, True], [False, True, False, False], [True, False, False, False]):
+        torch.library.opcheck(ops.infinite_class_mixup_loss_backward.default,
+                              (torch.rand_like(loss), *detached, y_a, y_b, lam.detach(), row_lse, col_lse, cache,
+                               axes, path, mask))
+
+
+@pytest.mark.parametrize("compile_backend", ["aot_eager", "inductor"])
+def test_compile_fullgraph_infinite_class_mixup(compile_backend):
+    hidden, weight, b, y_a, y_b, lam = _icm_args()
+
+    def step(hidden, weight, b, lam):
+        return mixkernels.infinite_class_mixup_loss(hidden, weight, y_a, y_b, lam, bias=b, backend="cpu")
+
+    eager = step(hidden, weight, b, lam)
+    eager_grads = torch.autograd.grad(eager, (hidden, weight, b, lam))
+    torch._dynamo.reset()
+    out = torch.compile(step, fullgraph=True, backend=compile_backend)(hidden, weight, b, lam)
+    grads = torch.autograd.grad(out, (hidden, weight, b, lam))
+    torch.testing.assert_close(out, eager)
+    for g, e in zip(grads, eager_grads):
+        torch.testing.assert_close(g, e)
