@@ -10,6 +10,7 @@ import torch
 
 import mixkernels
 from mixkernels import _backend
+from mixkernels.ops import infinite_class_mixup as icm_ops
 from mixkernels.ops.mixup_cross_entropy import mixup_cross_entropy_triton, mixup_cross_entropy_triton_backward
 from mixkernels.ops.soft_target_cross_entropy import (soft_target_cross_entropy_triton,
                                                       soft_target_cross_entropy_triton_backward)
@@ -135,40 +136,58 @@ print("ok")
     assert used == capability.upper() and status == "ok"
 
 
-def _icm_args(dtype=torch.float32, batch=6, features=5, num_classes=9, bias=True):
-    hidden = torch.randn(batch, features, dtype=dtype, requires_grad=True)
-    weight = torch.randn(num_classes, features, dtype=dtype, requires_grad=True)
-    b = torch.randn(num_classes, dtype=dtype, requires_grad=True) if bias else None
-    y_a = torch.randint(0, num_classes, (batch,))
-    y_b = torch.randint(0, num_classes, (batch,))
-    lam = torch.rand(batch, requires_grad=True)
+def _icm_args(dtype=torch.float32, batch=6, features=5, num_classes=9, bias=True, device="cpu"):
+    kw = {"dtype": dtype, "device": device, "requires_grad": True}
+    hidden = torch.randn(batch, features, **kw)
+    weight = torch.randn(num_classes, features, **kw)
+    b = torch.randn(num_classes, **kw) if bias else None
+    y_a = torch.randint(0, num_classes, (batch,), device=device)
+    y_b = torch.randint(0, num_classes, (batch,), device=device)
+    lam = torch.rand(batch, device=device, requires_grad=True)
     return hidden, weight, b, y_a, y_b, lam
 
 
+def _icm_device(backend):
+    """CPU tensors, or for Triton the GPU's when there is one (the interpreter's CPU ones otherwise)."""
+    if backend != "triton":
+        return "cpu"
+    if not mixkernels.backends()["triton"].usable:
+        pytest.skip("triton is not usable here")
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _icm_ops(backend):
+    """The (forward, backward) op overloads of infinite_class_mixup_loss on ``backend``."""
+    if backend == "triton":
+        return (icm_ops.infinite_class_mixup_loss_triton._opoverload,
+                icm_ops.infinite_class_mixup_loss_triton_backward._opoverload)
+    return (torch.ops.mixkernels.infinite_class_mixup_loss.default,
+            torch.ops.mixkernels.infinite_class_mixup_loss_backward.default)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
 @pytest.mark.parametrize("path", ["factorised", "logits"])
 @pytest.mark.parametrize("axes", ["both", "row", "col"])
 @pytest.mark.parametrize("keep_cache", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
-def test_opcheck_infinite_class_mixup(path, axes, keep_cache, bias):
-    ops = torch.ops.mixkernels
-    hidden, weight, b, y_a, y_b, lam = _icm_args(bias=bias)
-    torch.library.opcheck(ops.infinite_class_mixup_loss.default,
-                          (hidden, weight, b, y_a, y_b, lam, axes, path, keep_cache))
+def test_opcheck_infinite_class_mixup(backend, path, axes, keep_cache, bias):
+    forward, backward = _icm_ops(backend)
+    hidden, weight, b, y_a, y_b, lam = _icm_args(bias=bias, device=_icm_device(backend))
+    torch.library.opcheck(forward, (hidden, weight, b, y_a, y_b, lam, axes, path, keep_cache))
     detached = [t.detach() if t is not None else None for t in (hidden, weight, b)]
-    loss, row_lse, col_lse, cache = ops.infinite_class_mixup_loss(*detached, y_a, y_b, lam.detach(), axes, path,
-                                                                  keep_cache)
+    loss, row_lse, col_lse, cache = forward(*detached, y_a, y_b, lam.detach(), axes, path, keep_cache)
     for mask in ([True, True, bias, True], [False, True, False, False], [True, False, False, False]):
-        torch.library.opcheck(ops.infinite_class_mixup_loss_backward.default,
-                              (torch.rand_like(loss), *detached, y_a, y_b, lam.detach(), row_lse, col_lse, cache,
-                               axes, path, mask))
+        torch.library.opcheck(backward, (torch.rand_like(loss), *detached, y_a, y_b, lam.detach(), row_lse, col_lse,
+                                         cache, axes, path, mask))
 
 
-@pytest.mark.parametrize("compile_backend", ["aot_eager", "inductor"])
-def test_compile_fullgraph_infinite_class_mixup(compile_backend):
-    hidden, weight, b, y_a, y_b, lam = _icm_args()
+@pytest.mark.parametrize("backend,compile_backend", [("cpu", "aot_eager"), ("cpu", "inductor"),
+                                                     ("triton", "aot_eager")])
+def test_compile_fullgraph_infinite_class_mixup(backend, compile_backend):
+    hidden, weight, b, y_a, y_b, lam = _icm_args(device=_icm_device(backend))
 
     def step(hidden, weight, b, lam):
-        return mixkernels.infinite_class_mixup_loss(hidden, weight, y_a, y_b, lam, bias=b, backend="cpu")
+        return mixkernels.infinite_class_mixup_loss(hidden, weight, y_a, y_b, lam, bias=b, backend=backend)
 
     eager = step(hidden, weight, b, lam)
     eager_grads = torch.autograd.grad(eager, (hidden, weight, b, lam))

@@ -27,7 +27,7 @@ triton = pytest.importorskip(
 torch = pytest.importorskip("torch")
 
 from mixkernels.triton import _aot  # noqa: E402
-from mixkernels.triton import cutmix_batch, mask_mix, mix_batch  # noqa: E402
+from mixkernels.triton import cutmix_batch, infinite_class_mixup, mask_mix, mix_batch  # noqa: E402
 from mixkernels.triton import mixup_cross_entropy, soft_target_cross_entropy  # noqa: E402
 
 MODULES = {
@@ -36,6 +36,7 @@ MODULES = {
     "mix_batch": mix_batch,
     "cutmix_batch": cutmix_batch,
     "mask_mix": mask_mix,
+    "infinite_class_mixup": infinite_class_mixup,
 }
 # The cross-entropy modules choose their launch by the number of classes alone.
 CROSS_ENTROPY_MODULES = ["mixup_cross_entropy", "soft_target_cross_entropy"]
@@ -49,6 +50,14 @@ def _config_id(kernel_name, constexprs, num_warps):
     return f"{kernel_name}-{flags}-w{num_warps}"
 
 
+def _launched_with(module, kernel_name, constexprs, num_warps, dtype_name):
+    """Whether the module launches this config on inputs of this dtype (modules
+    whose tiles differ by dtype say which with ``config_dtypes``)."""
+    if not hasattr(module, "config_dtypes"):
+        return True
+    return DTYPES[dtype_name] in module.config_dtypes(kernel_name, constexprs, num_warps)
+
+
 PARAMS = [
     pytest.param(module_name, kernel_name, constexprs, num_warps, dtype_name, arch,
                  id=f"{module_name}-{_config_id(kernel_name, constexprs, num_warps)}-"
@@ -56,6 +65,7 @@ PARAMS = [
     for module_name, module in MODULES.items()
     for kernel_name, constexprs, num_warps in module.SHIPPED_CONFIGS
     for dtype_name in DTYPES
+    if _launched_with(module, kernel_name, constexprs, num_warps, dtype_name)
     for arch in ARCHS
 ]
 
@@ -116,6 +126,14 @@ def test_shipped_config_compiles_without_spills(compiled, module_name, kernel_na
         assert usage["REG"] <= MAX_REGISTERS, f"too many registers in {where}"
         assert usage["SHARED"] + usage["DYNAMIC_SHARED"] <= shared_limit, \
             f"shared memory over the sm_{arch} limit of {shared_limit} bytes in {where}"
+        module = MODULES[module_name]
+        if hasattr(module, "uses_dot") and module.uses_dot(kernel_name, constexprs):
+            # A matrix product must run on the tensor cores: warpgroup MMAs on
+            # sm_90, warp MMAs on sm_80 (fp32 through tf32x3).
+            if arch == 90:
+                assert usage["WGMMA"] > 0 and usage["MMA_SYNC"] == 0, f"no wgmma in {where}"
+            else:
+                assert usage["MMA_SYNC"] > 0, f"no mma.sync in {where}"
 
 
 @pytest.mark.parametrize("module_name", CROSS_ENTROPY_MODULES)
@@ -254,3 +272,53 @@ def test_mask_mix_computes_without_fused_multiply_add():
     done = subprocess.run([sys.executable, "-c", _MASK_MIX_NO_FMA_CHECK], env=env,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_infinite_class_mixup_launches_only_shipped_configs(monkeypatch):
+    """Every launch of infinite_class_mixup_loss's forward and backward (both
+    paths, the one-tile forward, small and large GEMM outputs, each axes,
+    fp32 and half operands, bias on and off) uses a config compiled above for
+    its dtype."""
+    from mixkernels.ops.infinite_class_mixup import infinite_class_mixup_loss_triton
+
+    icm = infinite_class_mixup
+    shipped = {(kernel_name, tuple(sorted(constexprs.items())), num_warps): icm.config_dtypes(kernel_name,
+                                                                                             constexprs, num_warps)
+               for kernel_name, constexprs, num_warps in icm.SHIPPED_CONFIGS}
+    launched = []
+    real_launch = icm._launch
+
+    def recording_launch(kernel_name, grid, *args, num_warps, **constexprs):
+        launched.append((kernel_name, dict(constexprs), num_warps))
+        return real_launch(kernel_name, grid, *args, num_warps=num_warps, **constexprs)
+
+    monkeypatch.setattr(icm, "_launch", recording_launch)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no GPU and the Triton interpreter is off")
+    # (B, D, C, axes): one tile; tiles through W~; through the logits with a
+    # 128 x 128 GEMM (Z); through W~ with 128 x 128 GEMMs (dW~).
+    cases = [(37, 31, 100, "both"), (100, 31, 300, "row"), (100, 31, 300, "col"), (300, 8, 260, "both"),
+             (260, 256, 300, "both")]
+    for dtype in (torch.float32, torch.bfloat16):
+        for batch, features, num_classes, axes in cases:
+            for bias in (True, False):
+                torch.manual_seed(0)
+                hidden = torch.randn(batch, features, device=device).to(dtype).requires_grad_()
+                weight = torch.randn(num_classes, features, device=device).to(dtype).requires_grad_()
+                b = torch.randn(num_classes, device=device).to(dtype).requires_grad_() if bias else None
+                y_a = torch.randint(0, num_classes, (batch,), device=device)
+                y_b = torch.randint(0, num_classes, (batch,), device=device)
+                lam = torch.rand(batch, device=device)
+                launched.clear()
+                path = "factorised" if batch <= num_classes else "logits"
+                loss, _, _, _ = infinite_class_mixup_loss_triton(hidden, weight, b, y_a, y_b, lam, axes, path,
+                                                                 path == "logits")
+                loss.sum().backward()
+                assert launched
+                for kernel_name, constexprs, num_warps in launched:
+                    if kernel_name in icm._INTERPRETED_FLAG:
+                        constexprs["INTERPRETED"] = False
+                    key = (kernel_name, tuple(sorted(constexprs.items())), num_warps)
+                    assert key in shipped, (dtype, batch, features, num_classes, key)
+                    assert dtype in shipped[key], (dtype, key)

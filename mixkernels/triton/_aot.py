@@ -92,6 +92,10 @@ def _compile_here(module: str, name: str, signature: dict, constexprs: dict, num
     if missing:
         raise RuntimeError(f"cuobjdump output lacks {sorted(missing)}:\n{out}")
     usage["DYNAMIC_SHARED"] = int(compiled.metadata.shared)
+    # Tensor-core instructions in the PTX: warpgroup MMAs (sm_90) and warp MMAs (sm_80).
+    ptx = compiled.asm["ptx"]
+    usage["WGMMA"] = len(re.findall(r"\bwgmma\.mma_async\b", ptx))
+    usage["MMA_SYNC"] = len(re.findall(r"\bmma\.sync\b", ptx))
     if with_ptx:
         usage["ptx"] = compiled.asm["ptx"]
     return usage
@@ -129,8 +133,10 @@ def compile_kernel(fn, signature: dict, constexprs: dict, num_warps: int, arch: 
     Returns ``{"REG", "STACK", "SHARED", "LOCAL"}`` as read by
     ``cuobjdump -res-usage`` (SHARED is static shared memory), plus
     ``"DYNAMIC_SHARED"``, the shared memory Triton requests at launch
-    (``metadata.shared``: reductions and layout conversions use it), and,
-    when compiled in this process, ``"ptx"``.
+    (``metadata.shared``: reductions and layout conversions use it),
+    ``"WGMMA"`` and ``"MMA_SYNC"``, the number of ``wgmma.mma_async`` and
+    ``mma.sync`` instructions in the PTX (tensor cores), and, when compiled in
+    this process, ``"ptx"``.
     """
     job = _job(fn, signature, constexprs, num_warps, arch, attrs, num_stages)
     if _can_compile_here():
