@@ -156,6 +156,106 @@ def test_non_contiguous_inputs(backend, device, layout, dtype):
         run_and_compare(backend, device, 37, 7, dtype, "per_sample", axes, "mean", layout=layout)
 
 
+COMPILED = [p for p in BACKENDS if p.values[0] not in ("torch", "auto")]
+
+
+@pytest.mark.parametrize("backend,device", COMPILED)
+@pytest.mark.parametrize("path", ["factorised", "logits"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("features", [5, 64])
+def test_both_paths_forced(backend, device, path, dtype, features):
+    """Each path on shapes where "auto" would take the other one (B <= C and
+    B > C), with the scores or logits kept from forward (D = 64) or
+    recomputed in backward (D = 5, where keeping them would cost more than
+    the inputs; the CPU op's rule)."""
+    for (batch, num_classes), axes, bias in itertools.product(((37, 7), (19, 1000)), AXES, (True, False)):
+        run_and_compare(backend, device, batch, num_classes, dtype, "per_sample", axes, "none", bias=bias,
+                        path=path, features=features)
+
+
+@pytest.mark.parametrize("backend,device", COMPILED)
+@pytest.mark.parametrize("path", ["factorised", "logits"])
+def test_many_blocks_and_tiles(backend, device, path, monkeypatch):
+    """Batches that span several blocks of score rows in backward and several
+    tiles in every direction. The CPU op blocks about 2^20 scores; the Triton
+    kernels 64 x 64 tiles and (here, made small) blocks of 64 rows of G."""
+    if backend == "triton":
+        from mixkernels.triton import infinite_class_mixup as triton_icm
+
+        monkeypatch.setattr(triton_icm, "_BLOCK_VALUES", 64 * 150)
+        batch = 150
+    else:
+        batch = 1100
+    num_classes = batch + 50 if path == "factorised" else 40
+    for axes in AXES:
+        run_and_compare(backend, device, batch, num_classes, torch.float32, "per_sample", axes, "mean", path=path,
+                        features=16)
+
+
+def _compiled_loss_and_grads(backend, hidden, weight, b, y_a, y_b, lam, axes="both", reduction="mean",
+                             path="auto"):
+    leaves = [t.detach().clone().requires_grad_(True) if isinstance(t, torch.Tensor) else t
+              for t in (hidden, weight, b, lam)]
+    h, w, bb, lm = leaves
+    loss = mixkernels.infinite_class_mixup_loss(h, w, y_a, y_b, lm, bias=bb, axes=axes, reduction=reduction,
+                                                backend=backend, path=path)
+    wanted = [t for t in leaves if isinstance(t, torch.Tensor)]
+    return loss, torch.autograd.grad(loss.sum(), wanted)
+
+
+@pytest.mark.parametrize("backend,device", COMPILED)
+@pytest.mark.parametrize("path", ["factorised", "logits"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_edge_cases_are_exact(backend, device, path, dtype):
+    """What icm.md says must be exact, on the kernels: a pair of one class
+    (perm[i] = i, or y_a == y_b) mixes to exactly W[y] and gives lam exactly
+    no gradient; with every pair of one class lam changes nothing, not a bit;
+    lam = 1 (0) is exactly y_a's (y_b's) classifier alone, per batch and per
+    pair; B = 1 is exactly zero; duplicate mixed classifiers are fine."""
+    batch, num_classes = 6, 9
+    hidden, weight, b, y, _, _ = make_inputs(batch, num_classes, dtype, device, "float")
+    perm = torch.tensor([0, 2, 1, 3, 5, 4], device=device)  # fixed points 0 and 3
+    y_b = y[perm]
+    y_b[5] = y[5]  # and a same-class pair that is no fixed point
+    same = (y == y_b).nonzero().flatten()
+    lam = torch.tensor([0.3, 0.6, 0.2, 0.77, 0.5, 0.9], device=device)
+    _, grads = _compiled_loss_and_grads(backend, hidden, weight, b, y, y_b, lam, path=path)
+    assert torch.all(grads[-1][same] == 0)
+
+    def loss_and_grads(*args, **kwargs):
+        return _compiled_loss_and_grads(backend, *args, path=path, **kwargs)
+
+    base_loss, base_grads = loss_and_grads(hidden, weight, b, y, y, 0.5)
+    for other_lam in (0.0, 0.3, 1.0):
+        loss, grads = loss_and_grads(hidden, weight, b, y, y, other_lam)
+        assert torch.equal(loss, base_loss) and torch.equal(grads[0], base_grads[0])
+    for lam, y_from_a in ((1.0, y), (0.0, y_b)):
+        loss, grads = loss_and_grads(hidden, weight, b, y, y_b, lam)
+        same_loss, same_grads = loss_and_grads(hidden, weight, b, y_from_a, y_from_a, lam)
+        assert torch.equal(loss, same_loss)
+        for g, g0 in zip(grads, same_grads):
+            assert torch.equal(g, g0)
+    lam_ends = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 0.0], device=device)
+    chosen = torch.where(lam_ends == 1, y, y_b)
+    loss, grads = loss_and_grads(hidden, weight, b, y, y_b, lam_ends, reduction="none")
+    same_loss, same_grads = loss_and_grads(hidden, weight, b, chosen, chosen, lam_ends, reduction="none")
+    assert torch.equal(loss, same_loss)
+    for g, g0 in zip(grads[:3], same_grads[:3]):
+        assert torch.equal(g, g0)
+
+    one = [t[:1] if isinstance(t, torch.Tensor) and t.shape[0] == batch else t for t in (hidden, y, y_b, lam)]
+    for axes, reduction in itertools.product(AXES, REDUCTIONS):
+        loss, grads = loss_and_grads(one[0], weight, b, one[1], one[2], one[3], axes=axes, reduction=reduction)
+        assert torch.all(loss == 0) and all(torch.all(g == 0) for g in grads)
+
+    y_a = torch.tensor([0, 1, 0, 2, 0, 1], device=device)
+    y_b = torch.tensor([3, 2, 3, 2, 3, 0], device=device)  # pairs 0, 2 and 4 are the same (0, 3)
+    out = mixkernels.infinite_class_mixup_loss(hidden, weight, y_a, y_b, 0.4, bias=b, reduction="none",
+                                               backend=backend, path=path)
+    ref = reference.infinite_class_mixup_loss(hidden, weight, y_a, y_b, 0.4, b, reduction="none")
+    torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2 if dtype != torch.float32 else 1e-5, atol=1e-5)
+
+
 def test_no_grad_anywhere_still_computes():
     hidden, weight, b, y_a, y_b, lam = make_inputs(5, 7, torch.float32, "cpu", "per_sample")
     with torch.no_grad():

@@ -278,7 +278,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> infinite_class_mixup_loss_cpu(
 
 // The entries of the class scatter, class by class (counting sort, stable in
 // pair order): pair k adds lam_k dW~[k] to class y_a_k and (1 - lam_k) dW~[k]
-// to class y_b_k.
+// to class y_b_k (icm_weight_a/b: 1 and 0 for a same-class pair).
 struct ClassEntries {
   std::vector<int64_t> begin, pair;
   std::vector<float> weight;
@@ -300,12 +300,13 @@ ClassEntries class_entries(const Tensor& y_a, const Tensor& y_b, const Tensor& l
   e.weight.resize(2 * batch);
   std::vector<int64_t> cursor(e.begin.begin(), e.begin.end() - 1);
   for (int64_t k = 0; k < batch; ++k) {
+    const bool same_class = a[k] == b[k];
     int64_t slot = cursor[a[k]]++;
     e.pair[slot] = k;
-    e.weight[slot] = l[k];
+    e.weight[slot] = icm_weight_a(l[k], same_class);
     slot = cursor[b[k]]++;
     e.pair[slot] = k;
-    e.weight[slot] = 1.0f - l[k];
+    e.weight[slot] = icm_weight_b(l[k], same_class);
   }
   return e;
 }

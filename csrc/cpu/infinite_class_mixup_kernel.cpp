@@ -280,9 +280,9 @@ void scatter_scores(const IcmScatterScoresArgs& a) {
       float* dz = a.grad_logits + r * a.grad_logits_row_stride;
       std::memset(dz, 0, sizeof(float) * a.num_classes);
       for (int64_t k = 0; k < a.batch; ++k) {
-        const float lam = a.lam[k];
-        dz[a.y_a[k]] += lam * g[k];
-        dz[a.y_b[k]] += (1.0f - lam) * g[k];
+        const bool same_class = a.y_a[k] == a.y_b[k];
+        dz[a.y_a[k]] += icm_weight_a(a.lam[k], same_class) * g[k];
+        dz[a.y_b[k]] += icm_weight_b(a.lam[k], same_class) * g[k];
       }
     }
   });

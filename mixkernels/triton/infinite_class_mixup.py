@@ -800,12 +800,19 @@ def _sum_rows(part):
 def _class_entries(y_a, y_b, lam, num_classes):
     """The class scatter's entries, class by class in pair order: (class_begin
     (C + 1,), entry_pair (2B,), entry_weight (2B,)); pair k gives lam_k to
-    y_a_k and 1 - lam_k to y_b_k. On the device, no host synchronisation."""
-    batch = y_a.shape[0]
-    classes, order = torch.sort(torch.cat((y_a, y_b)), stable=True)
+    y_a_k and 1 - lam_k to y_b_k, or 1 and 0 when they are one class (exact,
+    whatever lam). On the device, no host synchronisation."""
+    # Entry 2k is pair k's y_a, 2k + 1 its y_b: a stable sort keeps each class's
+    # entries in pair order, as the CPU op's counting sort does, so that a sum
+    # over a class adds the same terms in the same order whichever of a pair's
+    # labels brings them (lam = 0 or 1 is then exactly one classifier).
+    classes, order = torch.sort(torch.stack((y_a, y_b), dim=1).flatten(), stable=True)
     class_begin = torch.searchsorted(classes, torch.arange(num_classes + 1, device=y_a.device, dtype=classes.dtype))
-    pair = order % batch
-    weight = torch.where(order < batch, lam[pair], 1.0 - lam[pair])
+    pair = order // 2
+    # icm_weight_a/b of icm_math.h: a same-class pair gives its class 1 and 0.
+    same_class = (y_a == y_b)[pair]
+    weight = torch.where(order % 2 == 0, torch.where(same_class, 1.0, lam[pair]),
+                         torch.where(same_class, 0.0, 1.0 - lam[pair]))
     return class_begin, pair.contiguous(), weight.contiguous()
 
 

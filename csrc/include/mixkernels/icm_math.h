@@ -24,6 +24,13 @@ MK_HOST_DEVICE float icm_lerp(float start, float end, float weight) {
   return ::fmaf(small ? weight : weight - 1.0f, end - start, small ? start : end);
 }
 
+// The weights with which pair k's gradient reaches its classes: lam_k to
+// y_a_k and 1 - lam_k to y_b_k, or all of it to y_a_k when the two are one
+// class (1 and 0: exact, where lam + (1 - lam) rounds away from 1 in fp32),
+// so that a same-class pair's gradient does not depend on lam by a bit.
+MK_HOST_DEVICE float icm_weight_a(float lam, bool same_class) { return same_class ? 1.0f : lam; }
+MK_HOST_DEVICE float icm_weight_b(float lam, bool same_class) { return same_class ? 0.0f : 1.0f - lam; }
+
 // The shift a log-sum-exp subtracts before exponentiating: the maximum, or 0
 // when the maximum is infinite, as torch.logsumexp does (an all -inf row gives
 // -inf, a row holding +inf gives +inf; NaN propagates).
