@@ -75,6 +75,18 @@ KERNEL_FAMILIES = (
     "mask_grad_pixels_kernel",
     "mask_grad_gather_kernel",
     "inverse_permutation_kernel",
+    "icm_mixed_classifier_kernel",
+    "icm_gather_scores_kernel",
+    "icm_row_stats_kernel",
+    "icm_column_stats_kernel",
+    "icm_column_lse_merge_kernel",
+    "icm_loss_kernel",
+    "icm_grad_scores_kernel",
+    "icm_column_sums_kernel",
+    "icm_class_entries_kernel",
+    "icm_scatter_scores_kernel",
+    "icm_class_scatter_kernel",
+    "icm_grad_lam_kernel",
 )
 
 
@@ -160,7 +172,7 @@ def test_cuda_kernels_are_registered():
     for op in ("mixup_cross_entropy", "mixup_cross_entropy_backward",
                "soft_target_cross_entropy", "soft_target_cross_entropy_backward",
                "mix_rows", "mix_rows_", "mix_rows_dots", "mix_images", "mix_images_", "mask_mix",
-               "mask_mix_backward"):
+               "mask_mix_backward", "infinite_class_mixup_loss", "infinite_class_mixup_loss_backward"):
         dump = torch._C._dispatch_dump(f"mixkernels::{op}")
         assert re.search(r"^CUDA: registered", dump, re.MULTILINE), dump
 

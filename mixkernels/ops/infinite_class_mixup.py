@@ -1,7 +1,11 @@
 """infinite_class_mixup_loss as torch.library ops: fake impls, autograd, dispatch.
 
 ``mixkernels::infinite_class_mixup_loss`` (+ ``_backward``): C++ schemas from
-``csrc/ops.cpp`` with CPU kernels in ``csrc/cpu/infinite_class_mixup*.cpp``.
+``csrc/ops.cpp`` with CPU kernels in ``csrc/cpu/infinite_class_mixup*.cpp``
+and CUDA kernels in ``csrc/cuda/infinite_class_mixup*``.
+``mixkernels::infinite_class_mixup_loss_triton`` (+ ``_backward``) are their
+Triton twins with the same signatures (kernels in
+``mixkernels/triton/infinite_class_mixup.py``).
 The forward returns each sample's loss (row term + column term) and the
 per-row / per-column log-sum-exp of the scores; the backward rebuilds the
 softmaxes from them, a block of score rows at a time, and forms only the
@@ -23,10 +27,17 @@ Two exact ways to the (B, B) scores ``S`` (``path``):
 
 The kept matrix (``keep_cache``): the forward computes S (factorised) or Z
 (logits) whole and hands it to backward, which then runs 3 GEMMs instead of 4.
-It is kept only when gradients are wanted and it is no larger than the larger
-of the inputs hidden and weight (:func:`keeps_cache`), so peak memory stays
-within a small multiple of the inputs; otherwise backward recomputes it block
-by block and memory stays O(B * D + C * D).
+The C++ ops keep it only when gradients are wanted and it is no larger than
+the larger of the inputs hidden and weight (:func:`keeps_cache`), so peak
+memory stays within a small multiple of the inputs; otherwise backward
+recomputes it block by block and memory stays O(B * D + C * D). The Triton
+kernels never keep S (its tiles are recomputed on the tensor cores) and keep
+Z whenever gradients are wanted.
+
+Half inputs on the GPU backends run their GEMMs on half operands (W~ and the
+blocks of dL/dS rounded to the input dtype); when ``lam`` wants a gradient,
+an fp32 sum over the batch that this rounding would spoil, they get fp32
+copies instead (tf32x3 on Triton, fp32 GEMMs on CUDA).
 """
 
 from __future__ import annotations
@@ -40,7 +51,7 @@ from mixkernels import _backend
 CPP_OP = "mixkernels::infinite_class_mixup_loss"
 TRITON_OP = "mixkernels::infinite_class_mixup_loss_triton"
 # The compiled backends with kernels for infinite_class_mixup_loss.
-ICM_BACKENDS = ("cpu", "triton")
+ICM_BACKENDS = ("cpu", "triton", "cuda")
 PATHS = ("auto", "factorised", "logits")
 
 
