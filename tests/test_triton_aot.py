@@ -322,3 +322,18 @@ def test_infinite_class_mixup_launches_only_shipped_configs(monkeypatch):
                     key = (kernel_name, tuple(sorted(constexprs.items())), num_warps)
                     assert key in shipped, (dtype, batch, features, num_classes, key)
                     assert dtype in shipped[key], (dtype, key)
+
+
+def test_aot_table_reports_every_gemm_config_on_the_tensor_cores():
+    """benchmarks/aot_table.py (the README's table) lists each GEMM config of
+    infinite_class_mixup for sm_80 and sm_90, without spills, on MMA instructions."""
+    from benchmarks import aot_table
+
+    text = aot_table.table("infinite_class_mixup", ("bf16",), gemm_only=True)
+    rows = [line for line in text.splitlines()[2:] if line.startswith("|")]
+    expected = [c for c in infinite_class_mixup.SHIPPED_CONFIGS if infinite_class_mixup.uses_dot(c[0], c[1])
+                and torch.bfloat16 in infinite_class_mixup.config_dtypes(*c)]
+    assert len(rows) == len(expected) > 0
+    for line in rows:
+        sm80, sm90 = line.split("|")[5:7]
+        assert "mma.sync" in sm80 and "wgmma" in sm90 and " 0 / 0," in sm80 and " 0 / 0," in sm90, line
