@@ -320,35 +320,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> infinite_class_mixup_loss_backward_cp
   const IcmPath path = parse_icm_path(std::string(path_name));
   const Tensor bias = defined_or_empty(bias_opt);
   const int64_t batch = hidden.size(0), features = hidden.size(1), num_classes = weight.size(0);
-  check_row_vector(grad_loss, "grad_loss", batch, at::kFloat, hidden);
-  check_icm_stat(row_lse, "row_lse", axes.row, batch, hidden);
-  check_icm_stat(col_lse, "col_lse", axes.col, batch, hidden);
-  if (cache.numel() > 0) {
-    const int64_t width = path == IcmPath::Factorised ? batch : num_classes;
-    TORCH_CHECK(cache.dim() == 2 && cache.size(0) == batch && cache.size(1) == width &&
-                    cache.scalar_type() == at::kFloat && cache.is_contiguous() && cache.device() == hidden.device(),
-                "mixkernels: cache must be a contiguous float32 (", batch, ", ", width,
-                ") tensor for this path, or empty; got ", cache.scalar_type(), " ", cache.sizes());
-  }
+  check_icm_backward_inputs(grad_loss, hidden, num_classes, row_lse, col_lse, cache, axes, path);
 
-  const bool need_hidden = output_mask[0];
-  const bool need_weight = output_mask[1];
-  const bool need_bias = output_mask[2] && bias.defined();
-  const bool need_lam = output_mask[3];
+  const IcmBackwardPlan plan = plan_icm_backward(path, output_mask, bias.defined());
+  const bool need_hidden = plan.hidden, need_weight = plan.weight, need_bias = plan.bias, need_lam = plan.lam;
+  const bool factorised = plan.factorised;
+  const bool need_w_mixed_grad = plan.w_mixed_grad, need_logits_grad = plan.logits_grad;
+  const bool write_grad_scores = plan.grad_scores, need_b_mixed_grad = plan.b_mixed_grad;
   auto f32 = hidden.options().dtype(at::kFloat);
   Tensor grad_hidden, grad_weight, grad_bias, grad_lam;
-  auto empty_unless = [&](bool needed, Tensor& t, const at::TensorOptions& opts) {
-    if (!needed) t = at::empty({0}, opts);
-  };
 
-  const bool factorised = path == IcmPath::Factorised;
-  // What the blocks must produce.
-  const bool need_w_mixed_grad = factorised && (need_weight || need_lam);
-  const bool need_logits_grad = !factorised && (need_hidden || need_weight);
-  const bool write_grad_scores = need_hidden || need_w_mixed_grad || need_logits_grad;
-  const bool need_b_mixed_grad = need_bias || (factorised && need_lam && bias.defined());
-
-  if (need_hidden || need_weight || need_bias || need_lam) {
+  if (plan.any()) {
     ScoreBlocks blocks(path, hidden, weight, bias, y_a, y_b, lam, cache, false, need_hidden);
     const int64_t block_rows = blocks.block_rows();
     const bool hidden_fp32 = hidden.scalar_type() == at::kFloat;
@@ -448,11 +430,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> infinite_class_mixup_loss_backward_cp
       MIXKERNELS_CPU_KERNEL(icm_grad_lam)(args);
     }
   }
-  empty_unless(need_hidden, grad_hidden, hidden.options());
-  empty_unless(need_weight, grad_weight, weight.options());
-  empty_unless(need_bias, grad_bias, bias.defined() ? bias.options() : weight.options());
-  empty_unless(need_lam, grad_lam, f32);
-  return {grad_hidden, grad_weight, grad_bias, grad_lam};
+  return icm_backward_outputs(plan, grad_hidden, grad_weight, grad_bias, grad_lam, hidden, weight, bias);
 }
 
 }  // namespace

@@ -7,7 +7,9 @@
 
 #include <ATen/ATen.h>
 
+#include <array>
 #include <string>
+#include <tuple>
 
 #include "mixkernels/checks.h"
 
@@ -61,12 +63,72 @@ inline void check_icm_inputs(const at::Tensor& hidden, const at::Tensor& weight,
   check_row_vector(lam, "lam", batch, at::kFloat, hidden);
 }
 
+// What the backward of the ICM ops computes, from the gradients asked for
+// (output_mask: hidden, weight, bias, lam), for every device's host code.
+struct IcmBackwardPlan {
+  bool hidden, weight, bias, lam;  // the gradients returned
+  bool factorised;
+  bool w_mixed_grad;  // dW~ = G^T H (factorised: for dW and d lam)
+  bool logits_grad;   // dZ (through the logits: for dH and dW)
+  bool grad_scores;   // blocks of G = dL/dS are written
+  bool b_mixed_grad;  // db~, the row term's column sums (for db, and for d lam with a bias)
+  bool class_entries; // the class lists of the scatters (dZ, dW from dW~, db)
+  bool any() const { return hidden || weight || bias || lam; }
+};
+
+inline IcmBackwardPlan plan_icm_backward(IcmPath path, std::array<bool, 4> output_mask, bool has_bias) {
+  IcmBackwardPlan p{};
+  p.hidden = output_mask[0];
+  p.weight = output_mask[1];
+  p.bias = output_mask[2] && has_bias;
+  p.lam = output_mask[3];
+  p.factorised = path == IcmPath::Factorised;
+  p.w_mixed_grad = p.factorised && (p.weight || p.lam);
+  p.logits_grad = !p.factorised && (p.hidden || p.weight);
+  p.grad_scores = p.hidden || p.w_mixed_grad || p.logits_grad;
+  p.b_mixed_grad = p.bias || (p.factorised && p.lam && has_bias);
+  p.class_entries = p.logits_grad || (p.factorised && p.weight) || p.bias;
+  return p;
+}
+
 // A saved per-sample statistic: (B,) when its term is present, (0,) otherwise.
 inline void check_icm_stat(const at::Tensor& t, const char* name, bool present, int64_t batch,
                            const at::Tensor& like) {
   TORCH_CHECK(t.dim() == 1 && t.size(0) == (present ? batch : 0), "mixkernels: ", name, " must have shape (",
               present ? batch : 0, ",) for these axes, got ", t.sizes());
   check_row_vector(t, name, t.size(0), at::kFloat, like);
+}
+
+// The backward's own inputs: the per-sample incoming gradient, the saved
+// statistics and the kept matrix (S or Z, or empty).
+inline void check_icm_backward_inputs(const at::Tensor& grad_loss, const at::Tensor& hidden, int64_t num_classes,
+                                      const at::Tensor& row_lse, const at::Tensor& col_lse, const at::Tensor& cache,
+                                      IcmAxes axes, IcmPath path) {
+  const int64_t batch = hidden.size(0);
+  check_row_vector(grad_loss, "grad_loss", batch, at::kFloat, hidden);
+  check_icm_stat(row_lse, "row_lse", axes.row, batch, hidden);
+  check_icm_stat(col_lse, "col_lse", axes.col, batch, hidden);
+  if (cache.numel() > 0) {
+    const int64_t width = path == IcmPath::Factorised ? batch : num_classes;
+    TORCH_CHECK(cache.dim() == 2 && cache.size(0) == batch && cache.size(1) == width &&
+                    cache.scalar_type() == at::kFloat && cache.is_contiguous() && cache.device() == hidden.device(),
+                "mixkernels: cache must be a contiguous float32 (", batch, ", ", width,
+                ") tensor for this path, or empty; got ", cache.scalar_type(), " ", cache.sizes());
+  }
+}
+
+// The backward's outputs: a gradient not asked for is an empty (0,) tensor.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> icm_backward_outputs(
+    const IcmBackwardPlan& plan, at::Tensor grad_hidden, at::Tensor grad_weight, at::Tensor grad_bias,
+    at::Tensor grad_lam, const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& bias) {
+  auto empty_unless = [](bool needed, at::Tensor& t, const at::TensorOptions& opts) {
+    if (!needed) t = at::empty({0}, opts);
+  };
+  empty_unless(plan.hidden, grad_hidden, hidden.options());
+  empty_unless(plan.weight, grad_weight, weight.options());
+  empty_unless(plan.bias, grad_bias, bias.defined() ? bias.options() : weight.options());
+  empty_unless(plan.lam, grad_lam, hidden.options().dtype(at::kFloat));
+  return {grad_hidden, grad_weight, grad_bias, grad_lam};
 }
 
 }  // namespace mixkernels
