@@ -102,6 +102,13 @@ def providers(op: str = OP, device=None, *, include_compile: bool = True) -> lis
     return names
 
 
+def optional_providers(op: str = OP, device=None) -> list[str]:
+    """Run only when named in ``--providers``: each mixkernels backend with its
+    path forced (``mixkernels-cpu@factorised``, ``mixkernels-cpu@logits``)."""
+    return [f"{name}@{path}" for name in providers(op, device, include_compile=False)
+            if name.startswith("mixkernels-") for path in ("factorised", "logits")]
+
+
 # --------------------------------------------------------------------------- the losses compared
 
 def dense_icm_loss(hidden, weight, bias, y_a, y_b, lam: float):
@@ -119,11 +126,19 @@ def factorised_icm_loss(hidden, weight, bias, y_a, y_b, lam: float):
 
 
 def make_loss(provider: str) -> Callable:
-    """The provider's loss as ``fn(hidden, weight, bias, y_a, y_b, lam)``."""
+    """The provider's loss as ``fn(hidden, weight, bias, y_a, y_b, lam)``.
+
+    ``mixkernels-<backend>`` takes the path "auto" chooses;
+    ``mixkernels-<backend>@factorised`` and ``...@logits`` (asked for by name
+    with ``--providers``) force one, to measure the rule behind "auto".
+    """
     if provider.startswith("mixkernels-"):
-        backend = provider[len("mixkernels-"):]
+        backend, _, path = provider[len("mixkernels-"):].partition("@")
+        if path and path not in ("factorised", "logits"):
+            raise ValueError(f"unknown path {path!r} in provider {provider!r}")
         return lambda hidden, weight, bias, y_a, y_b, lam: mixkernels.infinite_class_mixup_loss(
-            hidden, weight, y_a, y_b, lam, bias=bias, axes=AXES, reduction=REDUCTION, backend=backend)
+            hidden, weight, y_a, y_b, lam, bias=bias, axes=AXES, reduction=REDUCTION, backend=backend,
+            path=path or "auto")
     if provider == DENSE:
         return dense_icm_loss
     if provider == FACTORISED:

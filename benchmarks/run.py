@@ -116,7 +116,9 @@ def main(argv=None) -> dict:
         suite = SUITES[op]
         names = suite.providers(op, device, include_compile=not args.no_compile)
         if keep is not None:
-            names = [n for n in names if n in keep]
+            # Suites may offer providers that run only when named (optional_providers).
+            optional = getattr(suite, "optional_providers", lambda *_: [])(op, device)
+            names = [n for n in dict.fromkeys(names + list(optional)) if n in keep]
         if not names:  # an empty list would mean "every provider" to run_suite
             harness.print_flush(f"skipping {op}: none of its providers is in --providers")
             continue

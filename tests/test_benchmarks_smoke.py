@@ -242,3 +242,21 @@ def test_infinite_class_mixup_shapes():
     assert icmb.GPU_ONLY_SHAPES[0] not in icmb.bench_shapes(quick=False, device="cpu")
     assert icmb.GPU_ONLY_SHAPES[0] in icmb.bench_shapes(quick=False, device="cuda")
     assert (4096, 2048, 1000) in icmb.bench_shapes(quick=False, device="cpu")
+
+
+def test_infinite_class_mixup_forced_paths_run_only_when_named(tmp_path):
+    """--providers mixkernels-cpu@factorised,mixkernels-cpu@logits times each path
+    (what the "auto" rule rests on); without --providers they do not run."""
+    from benchmarks import bench_infinite_class_mixup as icmb
+
+    optional = icmb.optional_providers(icmb.OP, "cpu")
+    assert "mixkernels-cpu@logits" in optional and "mixkernels-cpu@factorised" in optional
+    assert not set(optional) & set(icmb.providers(icmb.OP, "cpu"))
+    with pytest.raises(ValueError, match="path"):
+        icmb.make_loss("mixkernels-cpu@diagonal")
+    results = run.main(["--op", icmb.OP, "--device", "cpu", "--quick", "--no-compile", "--no-memory",
+                        "--budget", "0.05", "--dtypes", "float32", "--providers",
+                        "mixkernels-cpu@factorised,mixkernels-cpu@logits", "--out", str(tmp_path)])
+    rows = [r for r in results[icmb.OP]["rows"] if r["metric"] == "speed"]
+    assert {r["provider"] for r in rows} == {"mixkernels-cpu@factorised", "mixkernels-cpu@logits"}
+    assert all(r["extra"]["agrees"] for r in rows)
