@@ -15,7 +15,10 @@ Providers:
     matmuls run in bf16, as they would under autocast (``Y~`` cast to bf16),
   - ``factorised``: the eager reference, ``mixkernels.reference.infinite_class_mixup_loss``
     (mixed classifiers ``W~`` (B x D) gathered and lerped, ``S = hidden @ W~.T + b~``, in fp32),
-  - ``torch-compile``: ``torch.compile`` of ``factorised`` (compile not timed).
+  - ``torch-compile``: ``torch.compile`` of ``factorised`` (compile not timed),
+  - and, only when named in ``--providers``, ``mixkernels-<backend>@factorised``
+    and ``mixkernels-<backend>@logits``: one path forced (the measurements
+    behind the "auto" rule).
 
 Shapes (B, D, C): CIFAR-100 with a ResNet-18 (128, 512, 100), ImageNet-1k
 with a ResNet-50 (256 and 4096, 2048, 1000), ImageNet-21k (2048, 1024, 21843)
