@@ -65,7 +65,9 @@ __all__ = [
     "SMALL_BATCH",
 ]
 
-# How S is read in the tile kernels (constexpr MODE).
+# How S is read in the tile kernels (constexpr MODE). The @triton.jit code sees
+# no plain module globals, so it compares MODE with these values as literals
+# (_score_tile) and the one-tile forward passes 1 (_FUSED_LERP).
 _FACTORISED, _FUSED_LERP, _LOGITS = 0, 1, 2
 
 
